@@ -1,0 +1,5 @@
+"""``python -m auto_round_mllm`` runs the CLI."""
+
+from auto_round_mllm.cli.app import main
+
+main()

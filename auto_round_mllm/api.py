@@ -1,0 +1,418 @@
+"""``quantize(job)``: the one orchestration function behind the CLI and the Python API.
+
+Order matters for the user: everything that can be checked without weights (scheme against
+formats, output folder, dataset) is checked first, so a wrong flag fails in a second, not after
+an hour of tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from auto_round_mllm.config import QuantJob
+from auto_round_mllm.data.calib_set import CalibrationSet, build_text_calibration
+from auto_round_mllm.data.sources import load_texts
+from auto_round_mllm.export import EXPORTERS, ExportInput
+from auto_round_mllm.export.writer import atomic_output, check_output_dir, write_json
+from auto_round_mllm.models.family import select_blocks
+from auto_round_mllm.models.loading import LoadedModel, load_model, torch_dtype
+from auto_round_mllm.pipeline.blockwise import BlockReport, ProgressSink, quantize_blocks
+from auto_round_mllm.pipeline.plan import LayerDecision, plan_layers
+from auto_round_mllm.quant.tunable import QuantizedWeight
+from auto_round_mllm.tuning import tuner_for
+from auto_round_mllm.utils.device import choose_precision, resolve_device
+from auto_round_mllm.utils.memory import peak_rss_gb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TunedModel:
+    """The outcome of tuning, before any format is written."""
+
+    loaded: LoadedModel
+    qweights: dict[str, QuantizedWeight]
+    decisions: dict[str, LayerDecision]
+    block_groups: list[str]
+    blocks: list[BlockReport]
+    calibration: CalibrationSet | None
+    device: str
+    precision: str
+    seconds: float
+
+
+@dataclass
+class QuantResult:
+    job: QuantJob
+    outputs: dict[str, str] = field(default_factory=dict)
+    blocks: list[BlockReport] = field(default_factory=list)
+    skipped_layers: dict[str, str] = field(default_factory=dict)
+    quantized_layers: int = 0
+    calibration: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    precision: str = "float32"
+    tune_seconds: float = 0.0
+    total_seconds: float = 0.0
+    peak_rss_gb: float = 0.0
+    peak_device_gb: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["job"] = self.job.to_dict()
+        return data
+
+
+def output_root(job: QuantJob) -> Path:
+    """auto-round's habit: ``<output_dir>/<model name>-w{bits}g{group_size}``."""
+    name = Path(job.model.removeprefix("local:").rstrip("/")).name or "model"
+    suffix = f"-w{job.scheme.bits}g{job.scheme.group_size}" + ("" if job.scheme.sym else "-asym")
+    return Path(job.export.output_dir) / f"{name}{suffix}"
+
+
+def format_dirs(root: Path, formats: tuple[str, ...]) -> dict[str, Path]:
+    """One format: the root itself. Several: one sub-folder per format."""
+    if len(formats) == 1:
+        return {formats[0]: root}
+    return {fmt: root / fmt.replace(":", "-") for fmt in formats}
+
+
+def check_job(job: QuantJob) -> None:
+    """Checks that need no weights: the device exists and each format accepts the scheme."""
+    resolve_device(job.device)
+    for fmt in job.export.formats:
+        EXPORTERS.get(fmt).check(job.scheme)
+
+
+def tune(
+    job: QuantJob,
+    loaded: LoadedModel,
+    progress: ProgressSink | None = None,
+    *,
+    texts: tuple[str, list[str]] | None = None,
+) -> TunedModel:
+    """Tune every chosen block. ``texts`` is the (label, texts) of an already read dataset."""
+    started = time.perf_counter()
+    torch.manual_seed(job.tuning.seed)
+    model = loaded.model
+    if job.model_dtype != "auto":
+        cast_parameters(model, torch_dtype(job.model_dtype))
+    device = resolve_device(job.device)
+    model_dtype = next(model.parameters()).dtype
+    precision = choose_precision(device, model_dtype, amp=job.tuning.amp)
+    tuner = tuner_for(job.tuning)
+
+    block_names = select_blocks(model, loaded.family, job.to_quant_block_names)
+    groups = sorted({name.rsplit(".", 1)[0] for name in block_names})
+    if len(groups) > 1:
+        raise_multi_group(groups)
+    exporters = [EXPORTERS.get(fmt) for fmt in job.export.formats]
+    decisions = plan_layers(
+        model,
+        block_names,
+        job.scheme,
+        keep_patterns=tuple(job.fp_layers) + tuple(loaded.family.ignore),
+        checks=[exporter.layer_problem for exporter in exporters],
+    )
+    calibration = None
+    if tuner.needs_data:
+        label, corpus = texts or load_texts(job.data.dataset)
+        calibration = build_text_calibration(
+            corpus,
+            loaded.tokenizer,
+            source=label,
+            seqlen=job.tuning.seqlen,
+            nsamples=job.tuning.nsamples,
+            seed=job.tuning.seed,
+        )
+    log.info(
+        "quantizing %d blocks of %s on %s (%s), %s, %s",
+        len(block_names),
+        groups[0],
+        device,
+        precision.label,
+        job.scheme.label,
+        f"SignRound {job.tuning.iters} iters" if job.tuning.iters else "RTN",
+    )
+    result = quantize_blocks(
+        model,
+        group=groups[0],
+        block_names=block_names,
+        decisions=decisions,
+        tuner=tuner,
+        config=job.tuning,
+        samples=calibration.samples if calibration else None,
+        device=device,
+        precision=precision,
+        progress=progress,
+    )
+    model.to("cpu")
+    return TunedModel(
+        loaded=loaded,
+        qweights=result.qweights,
+        decisions=decisions,
+        block_groups=groups,
+        blocks=result.blocks,
+        calibration=calibration,
+        device=str(device),
+        precision=precision.label,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating-point parameters only: buffers such as rotary ``inv_freq`` stay in fp32, as
+    ``from_pretrained(dtype=...)`` leaves them."""
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def raise_multi_group(groups: list[str]) -> None:
+    from auto_round_mllm.errors import UserError
+
+    raise UserError(
+        f"--to_quant_block_names selects blocks from several block lists ({', '.join(groups)})",
+        fix="select blocks of the text decoder only; vision blocks come with --quant_nontext_module",
+    )
+
+
+def write_formats(
+    tuned: TunedModel, job: QuantJob, dirs: dict[str, Path], report: dict[str, Any]
+) -> dict[str, str]:
+    """Write every requested format atomically, each with its quantization_report.json."""
+    loaded = tuned.loaded
+    data = ExportInput(
+        model=loaded.model,
+        qweights=tuned.qweights,
+        decisions=tuned.decisions,
+        block_groups=tuned.block_groups,
+        job=job,
+        source_dir=loaded.source_dir,
+        tokenizer=loaded.tokenizer,
+        processor=loaded.processor,
+        image_processor=loaded.image_processor,
+    )
+    written: dict[str, str] = {}
+    for fmt, folder in dirs.items():
+        exporter = EXPORTERS.get(fmt)
+        with atomic_output(folder, force=job.export.force) as staging:
+            facts = exporter.write(data, staging)
+            write_json(staging / "quantization_report.json", {**report, "format": fmt, "export": facts})
+        written[fmt] = str(folder)
+    return written
+
+
+def summarize(job: QuantJob, tuned: TunedModel) -> QuantResult:
+    calib = tuned.calibration
+    return QuantResult(
+        job=job,
+        blocks=tuned.blocks,
+        skipped_layers={d.name: d.reason or "" for d in tuned.decisions.values() if not d.quantized},
+        quantized_layers=len(tuned.qweights),
+        calibration=(
+            {
+                "source": calib.source,
+                "samples": calib.used,
+                "requested": calib.requested,
+                "seqlen": calib.seqlen,
+                "tokens": calib.tokens,
+            }
+            if calib
+            else {}
+        ),
+        device=tuned.device,
+        precision=tuned.precision,
+        tune_seconds=tuned.seconds,
+        notes=list(calib.notes) if calib else [],
+    )
+
+
+def quantize(
+    job: QuantJob,
+    loaded: LoadedModel | None = None,
+    *,
+    progress: ProgressSink | None = None,
+    output_dirs: dict[str, Path] | None = None,
+) -> QuantResult:
+    """Load (unless given), tune and export; returns what the summary and report show."""
+    started = time.perf_counter()
+    check_job(job)
+    dirs = output_dirs or format_dirs(output_root(job), job.export.formats)
+    for folder in dirs.values():
+        check_output_dir(folder, force=job.export.force)
+    # A missing or malformed dataset fails before the model loads.
+    texts = load_texts(job.data.dataset) if job.tuning.iters > 0 else None
+    if loaded is None:
+        loaded = load_model(job.model, model_dtype=job.model_dtype, trust_remote_code=job.trust_remote_code)
+    tuned = tune(job, loaded, progress, texts=texts)
+    result = summarize(job, tuned)
+    if loaded.processor_notice:
+        result.notes.append(loaded.processor_notice)
+    result.peak_rss_gb = peak_rss_gb()
+    device_peaks = [b.peak_device_gb for b in tuned.blocks if b.peak_device_gb is not None]
+    result.peak_device_gb = max(device_peaks) if device_peaks else None
+    result.outputs = write_formats(tuned, job, dirs, result.to_dict())
+    result.total_seconds = time.perf_counter() - started
+    result.peak_rss_gb = peak_rss_gb()
+    return result
+
+
+class AutoRoundMLLM:
+    """auto-round's MLLM front end, so its README's usage runs with only the import changed::
+
+        autoround = AutoRoundMLLM(model, tokenizer, processor, bits=4, group_size=128, sym=True)
+        autoround.quantize()
+        autoround.save_quantized(output_dir, format="auto_round", inplace=True)
+
+    ``model`` is a loaded transformers model or a path / hub id. Keywords are the CLI flag names
+    (``asym``, ``disable_amp``, ``not_use_best_mse`` ...) or auto-round's API names (``sym``,
+    ``amp``, ``enable_minmax_tuning`` ...). It is a thin front over :func:`tune` and
+    :func:`write_formats`, the functions the CLI runs.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        processor: Any = None,
+        image_processor: Any = None,
+        *,
+        scheme: str = "W4A16",
+        bits: int | None = None,
+        group_size: int | None = None,
+        sym: bool | None = None,
+        asym: bool = False,
+        data_type: str | None = None,
+        iters: int = 200,
+        lr: float | None = None,
+        minmax_lr: float | None = None,
+        nsamples: int = 128,
+        seqlen: int = 2048,
+        batch_size: int = 8,
+        gradient_accumulate_steps: int = 1,
+        seed: int = 42,
+        enable_minmax_tuning: bool = True,
+        disable_minmax_tuning: bool = False,
+        not_use_best_mse: bool = False,
+        enable_quanted_input: bool = True,
+        disable_quanted_input: bool = False,
+        amp: bool = True,
+        disable_amp: bool = False,
+        scale_dtype: str = "fp16",
+        model_dtype: str = "auto",
+        dataset: str | None = None,
+        device: str = "auto",
+        fp_layers: str | tuple[str, ...] = (),
+        to_quant_block_names: str | tuple[str, ...] = (),
+        trust_remote_code: bool = False,
+    ) -> None:
+        from auto_round_mllm.config import DataConfig, TuningConfig, resolve_scheme
+        from auto_round_mllm.models.family import family_for_model_type
+
+        def as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
+            return (
+                tuple(p.strip() for p in value.split(",") if p.strip())
+                if isinstance(value, str)
+                else tuple(value)
+            )
+
+        is_path = isinstance(model, (str, Path))
+        self.job = QuantJob(
+            model=str(model) if is_path else getattr(model, "name_or_path", "") or type(model).__name__,
+            scheme=resolve_scheme(
+                scheme, bits=bits, group_size=group_size, sym=False if asym else sym, data_type=data_type
+            ),
+            tuning=TuningConfig(
+                iters=iters,
+                lr=lr,
+                minmax_lr=minmax_lr,
+                nsamples=nsamples,
+                seqlen=seqlen,
+                batch_size=batch_size,
+                gradient_accumulate_steps=gradient_accumulate_steps,
+                seed=seed,
+                enable_minmax_tuning=enable_minmax_tuning and not disable_minmax_tuning,
+                use_best_mse=not not_use_best_mse,
+                enable_quanted_input=enable_quanted_input and not disable_quanted_input,
+                amp=amp and not disable_amp,
+                scale_dtype=scale_dtype,
+            ),
+            data=DataConfig(dataset=dataset),
+            device=device,
+            model_dtype=model_dtype,
+            fp_layers=as_tuple(fp_layers),
+            to_quant_block_names=as_tuple(to_quant_block_names),
+            trust_remote_code=trust_remote_code,
+        )
+        check_job(self.job)
+        if is_path:
+            self.loaded = load_model(str(model), model_dtype=model_dtype, trust_remote_code=trust_remote_code)
+        else:
+            if tokenizer is None:
+                tokenizer = getattr(processor, "tokenizer", None)
+            if tokenizer is None:
+                raise_no_tokenizer()
+            source = Path(getattr(model, "name_or_path", "") or ".")
+            self.loaded = LoadedModel(
+                model=model,
+                family=family_for_model_type(model.config.model_type),
+                source_dir=source if (source / "config.json").is_file() else None,
+                tokenizer=tokenizer,
+                processor=processor,
+                image_processor=image_processor or getattr(processor, "image_processor", None),
+            )
+        self.tuned: TunedModel | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    def quantize(self) -> tuple[torch.nn.Module, dict[str, dict[str, Any]]]:
+        """Tune every text block; the model keeps fake-quantized weights. Returns (model, layer config)."""
+        self.tuned = tune(self.job, self.loaded)
+        layer_config = {
+            name: dataclasses.asdict(d.scheme) if d.scheme else {"bits": 16, "reason": d.reason}
+            for name, d in self.tuned.decisions.items()
+        }
+        return self.model, layer_config
+
+    def save_quantized(
+        self, output_dir: str | Path, format: str = "auto_round", inplace: bool = True, force: bool = True
+    ) -> torch.nn.Module:
+        """Write the checkpoint into ``output_dir`` (one sub-folder per format when several are given).
+
+        ``inplace`` is accepted for auto-round compatibility: the in-memory model keeps its
+        fake-quantized weights either way, and packing never modifies it.
+        """
+        if self.tuned is None:
+            self.quantize()
+        assert self.tuned is not None
+        formats = tuple(f.strip() for f in format.split(",") if f.strip())
+        job = dataclasses.replace(
+            self.job,
+            export=dataclasses.replace(
+                self.job.export, formats=formats, output_dir=str(output_dir), force=force
+            ),
+        )
+        check_job(job)
+        dirs = format_dirs(Path(output_dir), formats)
+        result = summarize(job, self.tuned)
+        write_formats(self.tuned, job, dirs, result.to_dict())
+        return self.model
+
+
+def raise_no_tokenizer() -> None:
+    from auto_round_mllm.errors import UserError
+
+    raise UserError(
+        "AutoRoundMLLM needs a tokenizer with a loaded model",
+        fix="pass tokenizer= (or a processor that has one)",
+    )

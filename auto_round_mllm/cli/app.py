@@ -1,0 +1,294 @@
+"""The ``auto-round-mllm`` command: flags -> QuantJob -> api.quantize -> summary (or ``--json``).
+
+Every flag takes auto-round's underscore spelling and the dashed one (``--group_size`` and
+``--group-size``), plus auto-round's aliases (``--bs``, ``--iter``, ``--nsample`` ...), so existing
+batch scripts run unchanged. User mistakes print one line and exit 2; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from auto_round_mllm.errors import UserError
+
+EXAMPLES = """
+\b
+Examples:
+  auto-round-mllm --model ./Qwen2-VL-2B-Instruct --bits 4 --group_size 128
+  auto-round-mllm --model Qwen/Qwen2-VL-7B-Instruct --scheme W2A16G64 --iters 400 --output_dir ./out
+  auto-round-mllm --model ./llava-1.5-7b-hf --asym --dataset ./calib.jsonl --nsamples 64 --seqlen 1024
+  auto-round-mllm --model ./model --iters 0 --json        # round-to-nearest, summary as JSON
+  auto-round-mllm list schemes
+"""
+
+app = typer.Typer(
+    name="auto-round-mllm",
+    help="Quantize vision-language models to 2/3/4/8-bit weights with SignRound.\n\n" + EXAMPLES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+def names(*flags: str) -> list[str]:
+    """Each flag in its underscore and dashed spellings."""
+    out: list[str] = []
+    for flag in flags:
+        for spelling in (flag, "--" + flag[2:].replace("_", "-")):
+            if spelling not in out:
+                out.append(spelling)
+    return out
+
+
+def split_list(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+@app.callback(invoke_without_command=True)
+def quantize_command(
+    ctx: typer.Context,
+    model: str = typer.Option(
+        None,
+        *names("--model", "--model_name", "--model_name_or_path"),
+        help="Local folder, local:PATH, or hub id (read from the HF cache when offline).",
+    ),
+    scheme: str = typer.Option(
+        "W4A16",
+        *names("--scheme"),
+        help="Preset: W4A16, W2A16, W2A16G64, W2A16G32, W3A16, W8A16; --bits/--group_size/--asym override it.",
+    ),
+    bits: int = typer.Option(
+        None, *names("--bits"), help="Weight bits: 2, 3, 4 or 8 (default from --scheme: 4)."
+    ),
+    group_size: int = typer.Option(
+        None,
+        *names("--group_size"),
+        help="Input channels per scale: -1 (per channel), 32, 64, 128 or any divisor of in_features (default from --scheme: 128).",
+    ),
+    asym: bool = typer.Option(
+        False,
+        *names("--asym"),
+        help="Asymmetric weights (a zero point per group); default is auto-round's full-range symmetric.",
+    ),
+    data_type: str = typer.Option(
+        None, *names("--data_type", "--dtype"), help="Weight data type; only 'int' for now."
+    ),
+    iters: int = typer.Option(
+        200,
+        *names("--iters", "--iter"),
+        help="SignRound steps per block; 0 = round-to-nearest (no calibration data needed).",
+    ),
+    lr: float = typer.Option(
+        None, *names("--lr"), help="Rounding learning rate (default 1/iters), decayed linearly to 0."
+    ),
+    minmax_lr: float = typer.Option(
+        None, *names("--minmax_lr"), help="Clipping-scale learning rate (default: --lr)."
+    ),
+    nsamples: int = typer.Option(128, *names("--nsamples", "--nsample"), help="Calibration samples."),
+    seqlen: int = typer.Option(2048, *names("--seqlen", "--seq_len"), help="Tokens per calibration sample."),
+    batch_size: int = typer.Option(
+        8, *names("--batch_size", "--train_bs", "--bs"), help="Samples per tuning step."
+    ),
+    gradient_accumulate_steps: int = typer.Option(
+        1, *names("--gradient_accumulate_steps"), help="Micro-batches per tuning step."
+    ),
+    seed: int = typer.Option(42, *names("--seed"), help="Seed for sample order and batches."),
+    disable_minmax_tuning: bool = typer.Option(
+        False, *names("--disable_minmax_tuning"), help="Keep clipping scales at 1 (tune rounding only)."
+    ),
+    not_use_best_mse: bool = typer.Option(
+        False,
+        *names("--not_use_best_mse"),
+        help="Keep the last step's parameters instead of the best step's.",
+    ),
+    disable_quanted_input: bool = typer.Option(
+        False,
+        *names("--disable_quanted_input"),
+        help="Feed each block full-precision inputs instead of the quantized blocks' outputs.",
+    ),
+    disable_amp: bool = typer.Option(
+        False,
+        *names("--disable_amp"),
+        help="No autocast: tune in the model dtype (fp32 on CPUs without bf16).",
+    ),
+    scale_dtype: str = typer.Option(
+        "fp16", *names("--scale_dtype"), help="Scale precision during tuning: fp16 (default), bf16, fp32."
+    ),
+    model_dtype: str = typer.Option(
+        "auto",
+        *names("--model_dtype"),
+        help="Cast the model before tuning: auto (checkpoint dtype), fp16, bf16, fp32.",
+    ),
+    fp_layers: str = typer.Option(
+        "",
+        *names("--fp_layers", "--ignore_layers"),
+        help="Comma list of layer-name substrings (or re:REGEX) kept in 16 bit.",
+    ),
+    to_quant_block_names: str = typer.Option(
+        "",
+        *names("--to_quant_block_names"),
+        help="Comma list of regexes selecting blocks to tune (default: all text decoder blocks).",
+    ),
+    dataset: str = typer.Option(
+        None,
+        *names("--dataset"),
+        help="Calibration data: 'embedded' (default, shipped offline), or a local .jsonl ({\"text\": ...} per line) or .txt file.",
+    ),
+    device: str = typer.Option(
+        "auto",
+        *names("--device", "--devices"),
+        help="auto, cpu, cuda, cuda:N, xpu, hpu (or N for the N-th accelerator).",
+    ),
+    output_dir: str = typer.Option(
+        "./tmp_autoround",
+        *names("--output_dir"),
+        help="Parent folder; the checkpoint goes to OUTPUT_DIR/<model>-w{bits}g{group_size}.",
+    ),
+    format: str = typer.Option(
+        "auto_round", *names("--format", "--formats"), help="Export format(s), comma separated: auto_round."
+    ),
+    max_shard_size: str = typer.Option("5GB", *names("--max_shard_size"), help="Largest safetensors shard."),
+    force: bool = typer.Option(False, *names("--force"), help="Replace an existing output folder."),
+    trust_remote_code: bool = typer.Option(
+        False,
+        *names("--trust_remote_code"),
+        help="Allow models that ship their own Python code (off by default).",
+    ),
+    disable_trust_remote_code: bool = typer.Option(
+        False,
+        *names("--disable_trust_remote_code"),
+        help="Accepted for auto-round scripts; remote code is off unless --trust_remote_code.",
+    ),
+    json_output: bool = typer.Option(
+        False, *names("--json"), help="Print the summary as JSON on stdout (logs stay on stderr)."
+    ),
+    debug: bool = typer.Option(False, *names("--debug"), help="Verbose logs and full tracebacks."),
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None:
+        raise UserError("no model given", fix="pass --model PATH_OR_HUB_ID (see auto-round-mllm --help)")
+    setup_logging(debug=debug)
+    from auto_round_mllm.config import DataConfig, ExportConfig, QuantJob, TuningConfig, resolve_scheme
+
+    job = QuantJob(
+        model=model,
+        scheme=resolve_scheme(
+            scheme, bits=bits, group_size=group_size, sym=False if asym else None, data_type=data_type
+        ),
+        tuning=TuningConfig(
+            iters=iters,
+            lr=lr,
+            minmax_lr=minmax_lr,
+            nsamples=nsamples,
+            seqlen=seqlen,
+            batch_size=batch_size,
+            gradient_accumulate_steps=gradient_accumulate_steps,
+            seed=seed,
+            enable_minmax_tuning=not disable_minmax_tuning,
+            use_best_mse=not not_use_best_mse,
+            enable_quanted_input=not disable_quanted_input,
+            amp=not disable_amp,
+            scale_dtype=scale_dtype,
+        ),
+        data=DataConfig(dataset=dataset),
+        export=ExportConfig(
+            formats=split_list(format), output_dir=output_dir, force=force, max_shard_size=max_shard_size
+        ),
+        device=device,
+        model_dtype=model_dtype,
+        fp_layers=split_list(fp_layers),
+        to_quant_block_names=split_list(to_quant_block_names),
+        trust_remote_code=trust_remote_code and not disable_trust_remote_code,
+    )
+    run_job(job, json_output=json_output)
+
+
+def run_job(job: Any, *, json_output: bool) -> None:
+    from auto_round_mllm import api
+    from auto_round_mllm.cli.summary import RichProgress, render_summary
+
+    err = Console(stderr=True)
+    result = api.quantize(job, progress=RichProgress(err, job.tuning.iters))
+    if json_output:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    else:
+        render_summary(Console(), result)
+
+
+@app.command("list")
+def list_command(
+    what: str = typer.Argument(..., help="schemes, formats, families or datasets"),
+) -> None:
+    """List the registered schemes, export formats, model families or datasets."""
+    from auto_round_mllm.config import PRESETS
+    from auto_round_mllm.data.sources import DATASETS
+    from auto_round_mllm.export import EXPORTERS
+    from auto_round_mllm.models.family import FAMILIES
+    from auto_round_mllm.registry import Registry
+
+    console = Console()
+    if what == "schemes":
+        for name, preset in PRESETS.items():
+            console.print(f"{name:10} bits={preset.bits} group_size={preset.group_size} sym={preset.sym}")
+        return
+    registries: dict[str, Registry[Any]] = {"formats": EXPORTERS, "families": FAMILIES, "datasets": DATASETS}
+    if what not in registries:
+        raise UserError(f"cannot list {what!r}", fix="use one of: schemes, formats, families, datasets")
+    for name, item in registries[what].items():
+        detail = ""
+        if what == "families":
+            detail = f"model types: {', '.join(item.model_types)}; text blocks: {', '.join(item.text_blocks)}"
+        console.print(f"{name:12} {detail}".rstrip())
+
+
+def setup_logging(*, debug: bool) -> None:
+    handler = RichHandler(console=Console(stderr=True), show_path=debug, show_time=False, markup=False)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, handlers=[handler], format="%(message)s", force=True
+    )
+    for noisy in ("transformers", "accelerate", "datasets", "huggingface_hub", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    if not debug:  # transformers' own tqdm bars would interleave with ours
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors become one line and exit code 2."""
+    import click
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="auto-round-mllm", standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        Console(stderr=True).print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        Console(stderr=True).print("[bold red]aborted[/]")
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[bold red]interrupted[/]; no output was written")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Rendering for people: a live progress bar per block and the summary table at the end."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from auto_round_mllm.api import QuantResult
+from auto_round_mllm.pipeline.blockwise import BlockReport, ProgressSink
+
+
+def fmt_loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+class RichProgress(ProgressSink):
+    """One bar over blocks, one over the current block's iterations, a line per finished block."""
+
+    def __init__(self, console: Console, iters: int) -> None:
+        self.console = console
+        self.iters = iters
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.blocks_task = None
+        self.iters_task = None
+        self.total = 0
+
+    def start(self, total_blocks: int) -> None:
+        self.total = total_blocks
+        self.progress.start()
+        self.blocks_task = self.progress.add_task("blocks", total=total_blocks)
+        if self.iters:
+            self.iters_task = self.progress.add_task("iters", total=self.iters)
+
+    def step(self, step: int) -> None:
+        if self.iters_task is not None:
+            self.progress.update(self.iters_task, completed=step + 1)
+
+    def block_done(self, index: int, report: BlockReport) -> None:
+        losses = ""
+        if report.rtn_loss is not None:
+            losses = (
+                f"  loss iter0 {fmt_loss(report.first_loss)} -> best {fmt_loss(report.best_loss)}"
+                f"  block MSE RTN {fmt_loss(report.rtn_loss)} -> {fmt_loss(report.final_loss)}"
+            )
+        self.progress.console.print(
+            f"[bold]block {index}/{self.total}[/] {report.name}: "
+            f"{report.quantized_layers}/{report.total_layers} layers{losses}  {report.seconds:.1f}s"
+        )
+        self.progress.update(self.blocks_task, completed=index)
+        if self.iters_task is not None:
+            self.progress.reset(self.iters_task)
+
+    def finish(self) -> None:
+        self.progress.stop()
+
+
+def render_summary(console: Console, result: QuantResult) -> None:
+    groups = sorted({block.name.rsplit(".", 1)[0] for block in result.blocks})
+    title = "auto-round-mllm summary" + (f": blocks of {', '.join(groups)}" if groups else "")
+    table = Table(title=title, title_justify="left")
+    for column, justify in (
+        ("block", "left"),
+        ("layers", "right"),
+        ("RTN MSE", "right"),
+        ("tuned MSE", "right"),
+        ("change", "right"),
+        ("time", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for block in result.blocks:
+        change = "-"
+        if block.rtn_loss and block.final_loss is not None:
+            change = f"{(block.final_loss / block.rtn_loss - 1) * 100:+.1f}%"
+        table.add_row(
+            block.name.rsplit(".", 1)[1],
+            f"{block.quantized_layers}/{block.total_layers}",
+            fmt_loss(block.rtn_loss),
+            fmt_loss(block.final_loss),
+            change,
+            f"{block.seconds:.1f}s",
+        )
+    console.print(table)
+    job = result.job
+    method = f"SignRound, {job.tuning.iters} iters" if job.tuning.iters else "RTN"
+    lines = [
+        f"scheme      {job.scheme.label} ({'sym' if job.scheme.sym else 'asym'}), {method}",
+        f"layers      {result.quantized_layers} quantized, {len(result.skipped_layers)} kept in 16 bit",
+        f"device      {result.device} ({result.precision})",
+        f"time        {result.total_seconds:.1f}s total, {result.tune_seconds:.1f}s tuning",
+        f"memory      peak RSS {result.peak_rss_gb:.2f} GiB"
+        + (f", peak device {result.peak_device_gb:.2f} GiB" if result.peak_device_gb is not None else ""),
+    ]
+    if result.calibration:
+        calib = result.calibration
+        lines.append(
+            f"calibration {calib['samples']} x {calib['seqlen']} tokens from {calib['source']}"
+            + (f" (asked for {calib['requested']})" if calib["samples"] < calib["requested"] else "")
+        )
+    for fmt, folder in result.outputs.items():
+        lines.append(f"output      {folder} ({fmt})")
+    for line in lines:
+        console.print(line)
+    for name, reason in result.skipped_layers.items():
+        console.print(f"[yellow]kept in 16 bit[/] {name}: {reason}")
+    for note in result.notes:
+        console.print(f"[yellow]note[/] {note}")

@@ -1,0 +1,233 @@
+"""Frozen configuration objects: what a quantization job is, independent of how it runs.
+
+The CLI and the Python API both build a :class:`QuantJob`; everything downstream reads it and
+nothing mutates it. Validation happens in ``__post_init__`` so a bad job fails before any model
+weight is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from auto_round_mllm.errors import UserError
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_DATA_TYPES = ("int",)
+SCALE_DTYPES = ("float16", "bfloat16", "float32")
+MODEL_DTYPES = ("auto", "float16", "bfloat16", "float32")
+DTYPE_ALIASES = {
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "auto": "auto",
+}
+
+
+def normalize_dtype(name: str, *, allowed: tuple[str, ...], flag: str) -> str:
+    """Map user spellings (fp16, bf16, float32, ...) to canonical torch dtype names."""
+    canonical = DTYPE_ALIASES.get(str(name).lower())
+    if canonical is None or canonical not in allowed:
+        raise UserError(
+            f"{flag} {name!r} is not supported",
+            fix=f"use one of: {', '.join(allowed)}",
+        )
+    return canonical
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """Weight-only integer quantization of one Linear: ``bits`` per weight, one scale (and zero
+    point) per ``group_size`` consecutive input channels; ``group_size=-1`` means per channel."""
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = True
+    data_type: str = "int"
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise UserError(
+                f"bits={self.bits} is not supported",
+                fix=f"use one of {', '.join(map(str, SUPPORTED_BITS))}",
+            )
+        if self.group_size != -1 and self.group_size <= 0:
+            raise UserError(
+                f"group_size={self.group_size} is not valid",
+                fix="use -1 (per channel) or a positive divisor of the layers' in_features, e.g. 128",
+            )
+        if self.data_type not in SUPPORTED_DATA_TYPES:
+            raise UserError(
+                f"data_type={self.data_type!r} is not supported",
+                fix=f"use one of: {', '.join(SUPPORTED_DATA_TYPES)}",
+            )
+
+    def group_size_for(self, in_features: int) -> int:
+        """The effective group length for a layer with ``in_features`` inputs."""
+        return in_features if self.group_size == -1 else self.group_size
+
+    def fits(self, in_features: int) -> bool:
+        return in_features % self.group_size_for(in_features) == 0
+
+    @property
+    def label(self) -> str:
+        return f"w{self.bits}g{self.group_size}" + ("" if self.sym else "-asym")
+
+
+PRESETS: dict[str, QuantScheme] = {
+    "W4A16": QuantScheme(bits=4, group_size=128, sym=True),
+    "W2A16": QuantScheme(bits=2, group_size=128, sym=True),
+    "W2A16G64": QuantScheme(bits=2, group_size=64, sym=True),
+    "W2A16G32": QuantScheme(bits=2, group_size=32, sym=True),
+    "W3A16": QuantScheme(bits=3, group_size=128, sym=True),
+    "W8A16": QuantScheme(bits=8, group_size=128, sym=True),
+}
+
+
+def resolve_scheme(
+    name: str | None = "W4A16",
+    *,
+    bits: int | None = None,
+    group_size: int | None = None,
+    sym: bool | None = None,
+    data_type: str | None = None,
+) -> QuantScheme:
+    """A preset with explicit overrides on top (auto-round's rule: flags beat the scheme)."""
+    key = (name or "W4A16").upper()
+    if key not in PRESETS:
+        raise UserError(
+            f"unknown scheme {name!r}",
+            fix=f"use one of: {', '.join(PRESETS)}, or set --bits/--group_size directly",
+        )
+    overrides = {
+        k: v
+        for k, v in {"bits": bits, "group_size": group_size, "sym": sym, "data_type": data_type}.items()
+        if v is not None
+    }
+    return dataclasses.replace(PRESETS[key], **overrides)
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """SignRound hyper-parameters with auto-round's names and defaults."""
+
+    iters: int = 200
+    lr: float | None = None
+    minmax_lr: float | None = None
+    nsamples: int = 128
+    seqlen: int = 2048
+    batch_size: int = 8
+    gradient_accumulate_steps: int = 1
+    seed: int = 42
+    enable_minmax_tuning: bool = True
+    use_best_mse: bool = True
+    enable_quanted_input: bool = True
+    amp: bool = True
+    scale_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.iters >= 0, f"iters={self.iters} must be >= 0", "use 200 (default) or 0 for RTN"),
+            (self.nsamples > 0, f"nsamples={self.nsamples} must be > 0", "use e.g. 128"),
+            (self.seqlen > 0, f"seqlen={self.seqlen} must be > 0", "use e.g. 2048"),
+            (self.batch_size > 0, f"batch_size={self.batch_size} must be > 0", "use e.g. 8"),
+            (
+                self.gradient_accumulate_steps > 0,
+                f"gradient_accumulate_steps={self.gradient_accumulate_steps} must be > 0",
+                "use 1 (default)",
+            ),
+            (self.lr is None or self.lr > 0, f"lr={self.lr} must be > 0", "leave it unset for 1/iters"),
+            (
+                self.minmax_lr is None or self.minmax_lr > 0,
+                f"minmax_lr={self.minmax_lr} must be > 0",
+                "leave it unset to follow lr",
+            ),
+        ]
+        for ok, problem, fix in checks:
+            if not ok:
+                raise UserError(problem, fix=fix)
+        object.__setattr__(
+            self, "scale_dtype", normalize_dtype(self.scale_dtype, allowed=SCALE_DTYPES, flag="--scale_dtype")
+        )
+
+    @property
+    def effective_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1.0 / self.iters if self.iters > 0 else 5e-3
+
+    @property
+    def effective_minmax_lr(self) -> float:
+        return self.minmax_lr if self.minmax_lr is not None else self.effective_lr
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where calibration samples come from. ``dataset=None`` picks the embedded offline set."""
+
+    dataset: str | None = None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    formats: tuple[str, ...] = ("auto_round",)
+    output_dir: str = "./tmp_autoround"
+    force: bool = False
+    max_shard_size: str = "5GB"
+
+    def __post_init__(self) -> None:
+        if not self.formats:
+            raise UserError("no export format given", fix="use --format auto_round")
+
+
+@dataclass(frozen=True)
+class QuantJob:
+    """Everything one run needs. ``model`` is a path, ``local:path`` or hub id."""
+
+    model: str
+    scheme: QuantScheme = field(default_factory=QuantScheme)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    device: str = "auto"
+    model_dtype: str = "auto"
+    fp_layers: tuple[str, ...] = ()
+    to_quant_block_names: tuple[str, ...] = ()
+    trust_remote_code: bool = False
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise UserError("no model given", fix="pass --model PATH_OR_HUB_ID")
+        object.__setattr__(
+            self, "model_dtype", normalize_dtype(self.model_dtype, allowed=MODEL_DTYPES, flag="--model_dtype")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantJob:
+        data = dict(data)
+        nested = {
+            "scheme": QuantScheme,
+            "tuning": TuningConfig,
+            "data": DataConfig,
+            "export": ExportConfig,
+        }
+        for key, klass in nested.items():
+            if isinstance(data.get(key), dict):
+                value = dict(data[key])
+                if key == "export" and "formats" in value:
+                    value["formats"] = tuple(value["formats"])
+                data[key] = klass(**value)
+        for key in ("fp_layers", "to_quant_block_names"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)

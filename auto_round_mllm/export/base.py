@@ -1,0 +1,64 @@
+"""The exporter protocol and registry.
+
+An exporter stores values a tuner chose; it never chooses them. It can refuse a scheme before any
+weight is loaded (:meth:`Exporter.check`), say which layers it cannot store before tuning starts
+(:meth:`Exporter.layer_problem`), and write a checkpoint folder (:meth:`Exporter.write`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+from auto_round_mllm.config import QuantJob, QuantScheme
+from auto_round_mllm.pipeline.plan import LayerDecision
+from auto_round_mllm.quant.tunable import QuantizedWeight
+from auto_round_mllm.registry import Registry
+
+
+@dataclass
+class ExportInput:
+    """Everything an exporter may read: the tuned model (its quantized Linears hold dequantized
+    weights), the quantized values, the layer plan and the files to copy."""
+
+    model: nn.Module
+    qweights: dict[str, QuantizedWeight]
+    decisions: dict[str, LayerDecision]
+    block_groups: list[str]
+    job: QuantJob
+    source_dir: Path | None
+    tokenizer: Any = None
+    processor: Any = None
+    image_processor: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Exporter(Protocol):
+    name: str
+
+    def check(self, scheme: QuantScheme) -> None:
+        """Raise IncompatibleScheme for schemes this format cannot store."""
+        ...
+
+    def layer_problem(self, layer: nn.Linear, scheme: QuantScheme) -> str | None:
+        """Why this layer cannot be stored quantized in this format, or None."""
+        ...
+
+    def write(self, data: ExportInput, folder: Path) -> dict[str, Any]:
+        """Write the checkpoint into ``folder`` (a staging folder); return facts for the report."""
+        ...
+
+
+EXPORTERS: Registry[Exporter] = Registry("export format")
+
+
+def register_exporter(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
+    def decorator(cls: type) -> type:
+        EXPORTERS.add(name, cls(), aliases=aliases)
+        return cls
+
+    return decorator

@@ -1,0 +1,92 @@
+"""Read our ``auto_round`` checkpoints back into a plain full-precision transformers model.
+
+The packed tensors are unpacked and dequantized (``W = scales * (q - zero)``) under their checkpoint
+names, written to a scratch folder beside the original config minus ``quantization_config``, and
+loaded with ``from_pretrained``, so transformers applies its own checkpoint-to-model renaming
+exactly as it does for the original model. A naming or packing slip in the exporter therefore shows
+up as wrong logits (or unexpected keys), not as a silently random layer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from auto_round_mllm.quant.packing import unpack_cols, unpack_rows
+
+ZERO_OFFSETS = {"auto_round:auto_gptq": 1, "auto_round": 0, "auto_round:gptqmodel": 0}
+
+
+def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                tensors[name] = handle.get_tensor(name)
+    return tensors
+
+
+def dequantize_gptq(
+    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, *, bits: int, zero_offset: int
+) -> torch.Tensor:
+    """``[out, in]`` fp32 weight from GPTQ-layout tensors (trivial g_idx: group = row // group_size)."""
+    codes = unpack_rows(qweight, bits).float()  # [in, out]
+    zeros = (unpack_cols(qzeros, bits) + zero_offset).float()  # [G, out]
+    group_size = codes.shape[0] // scales.shape[0]
+    index = torch.arange(codes.shape[0]) // group_size
+    weight = scales.float()[index] * (codes - zeros[index])
+    return weight.t().contiguous()
+
+
+def dequantized_state_dict(folder: Path, quant_config: dict) -> dict[str, torch.Tensor]:
+    tensors = read_tensors(folder)
+    offset = ZERO_OFFSETS[quant_config.get("packing_format", "auto_round:auto_gptq")]
+    bits = int(quant_config["bits"])
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name.endswith((".qzeros", ".scales")):
+            continue
+        if name.endswith(".qweight"):
+            prefix = name.removesuffix(".qweight")
+            weight = dequantize_gptq(
+                tensor,
+                tensors[f"{prefix}.qzeros"],
+                tensors[f"{prefix}.scales"],
+                bits=bits,
+                zero_offset=offset,
+            )
+            out[f"{prefix}.weight"] = weight
+        else:
+            out[name] = tensor
+    return out
+
+
+def load_dequantized(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, model_class: type | None = None
+):
+    """A transformers model whose quantized Linears hold the dequantized weights, in ``dtype``."""
+    folder = Path(path)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    quant_config = config.pop("quantization_config")
+    state = {
+        name: t.to(dtype) if t.is_floating_point() else t
+        for name, t in dequantized_state_dict(folder, quant_config).items()
+    }
+    if model_class is None:
+        import transformers
+
+        model_class = getattr(transformers, config["architectures"][0])
+    with tempfile.TemporaryDirectory(prefix="arm-dequant-") as scratch:
+        scratch_dir = Path(scratch)
+        (scratch_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        if (folder / "generation_config.json").is_file():
+            shutil.copy2(folder / "generation_config.json", scratch_dir)
+        save_file(state, str(scratch_dir / "model.safetensors"), metadata={"format": "pt"})
+        model = model_class.from_pretrained(scratch_dir, dtype=dtype)
+    return model.eval()

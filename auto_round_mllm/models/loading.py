@@ -1,0 +1,169 @@
+"""Offline-first model loading: local folders, ``local:`` paths, or hub ids from the HF cache.
+
+The network is touched only when the user named a hub id that is not cached, and then only
+after a quick reachability check, so an offline machine gets a one-line error in seconds
+instead of a minute of retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from auto_round_mllm.errors import ModelNotFound, UserError
+from auto_round_mllm.models.family import ModelFamily, family_for_model_type
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~", "/"))
+
+
+def check_model_folder(folder: Path) -> None:
+    """A one-line error naming the missing file when the folder is not a loadable model."""
+    if not folder.is_dir():
+        raise ModelNotFound(f"model folder {folder} does not exist", fix="check the --model path")
+    if not (folder / "config.json").is_file():
+        raise ModelNotFound(
+            f"{folder} has no config.json",
+            fix="point --model at the folder written by save_pretrained (it holds config.json and the weights)",
+        )
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise ModelNotFound(
+            f"{folder} has no weights (*.safetensors or pytorch_model*.bin)",
+            fix="download the full model folder, including its weight files",
+        )
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """Turn ``--model`` into a local folder, reading hub ids from the HF cache first."""
+    raw = spec[len("local:") :] if spec.startswith("local:") else spec
+    path = Path(raw).expanduser()
+    if path.exists() or spec.startswith("local:") or not _looks_like_hub_id(raw):
+        check_model_folder(path)
+        return path.resolve()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(raw, local_files_only=True))
+    except Exception:
+        pass
+    if not hub_reachable():
+        raise ModelNotFound(
+            f"{raw} is not in the local Hugging Face cache and the hub cannot be reached",
+            fix=f"download it on a connected machine (hf download {raw}) and pass --model /path/to/folder",
+        )
+    try:
+        return Path(snapshot_download(raw))
+    except Exception as exc:
+        raise ModelNotFound(
+            f"could not download {raw} from the hub ({type(exc).__name__})",
+            fix="check the model id and your access rights, or pass a local folder",
+        ) from exc
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelNotFound(
+            f"{model_dir}/config.json is not valid JSON ({exc})", fix="re-download the model"
+        ) from exc
+    if not config.get("architectures"):
+        raise UserError(
+            f"{model_dir}/config.json has no 'architectures' entry",
+            fix='add "architectures": ["<ModelClass>"] (e.g. Qwen2VLForConditionalGeneration) to config.json',
+        )
+    if "quantization_config" in config:
+        raise UserError(
+            f"{model_dir} is already quantized ({config['quantization_config'].get('quant_method', '?')})",
+            fix="quantize the original full-precision model instead",
+        )
+    return config
+
+
+def model_class_for(config: dict[str, Any]) -> type:
+    import transformers
+
+    arch = config["architectures"][0]
+    cls = getattr(transformers, arch, None)
+    if cls is not None:
+        return cls
+    raise UserError(
+        f"architecture {arch} is not available in transformers {transformers.__version__}",
+        fix="upgrade transformers, or pass --trust_remote_code if the model ships its own code",
+    )
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for calibration, with what export needs to copy beside the weights."""
+
+    model: torch.nn.Module
+    family: ModelFamily
+    source_dir: Path | None
+    tokenizer: Any
+    processor: Any = None
+    image_processor: Any = None
+    processor_notice: str | None = None
+
+    @property
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
+
+def load_model(spec: str, *, model_dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+    """Load model, tokenizer and processor offline-first, on the CPU; the pipeline places blocks."""
+    from auto_round_mllm.models.processor_loading import load_processor
+
+    model_dir = resolve_model_dir(spec)
+    config = read_config(model_dir)
+    family = family_for_model_type(config.get("model_type", ""))
+    dtype: Any = "auto" if model_dtype == "auto" else torch_dtype(model_dtype)
+    if trust_remote_code:
+        from transformers import AutoModelForImageTextToText
+
+        cls: Any = AutoModelForImageTextToText
+    else:
+        cls = model_class_for(config)
+    try:
+        model = cls.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelNotFound(
+            f"cannot load weights from {model_dir}: {str(exc).splitlines()[0][:200]}",
+            fix="check that the weight files are complete and match config.json",
+        ) from exc
+    model.eval()
+    procs = load_processor(model_dir, trust_remote_code=trust_remote_code)
+    return LoadedModel(
+        model=model,
+        family=family,
+        source_dir=model_dir,
+        tokenizer=procs.tokenizer,
+        processor=procs.processor,
+        image_processor=procs.image_processor,
+        processor_notice=procs.notice,
+    )

@@ -1,0 +1,137 @@
+"""Block inputs, kept per sample, batched on demand.
+
+A decoder block is called as ``block(hidden_states, *args, **kwargs)``. The hidden states differ
+per sample; most keyword arguments (position embeddings, rotary variants such as Qwen2-VL's
+multimodal rope, cache positions) are identical across samples of one length and are stored once,
+the way auto-round's newer releases do. Whatever differs (padding masks, image positions) is kept
+per sample and concatenated along its batch dimension when a batch is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def _batch_dim(tensor: torch.Tensor) -> int | None:
+    """The batch dimension of a per-sample tensor captured with batch size 1: its first size-1 dim.
+
+    ``[1, L, D]`` -> 0, ``[1, 1, L, L]`` masks -> 0, multimodal rope ``[3, 1, L, D]`` -> 1.
+    """
+    for dim, size in enumerate(tensor.shape):
+        if size == 1:
+            return dim
+    return None
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    return a == b
+
+
+def _expand(value: Any, batch: int) -> Any:
+    if isinstance(value, torch.Tensor):
+        dim = _batch_dim(value)
+        if dim is None or batch == 1:
+            return value
+        shape = list(value.shape)
+        shape[dim] = batch
+        return value.expand(*shape)
+    if isinstance(value, tuple):
+        return tuple(_expand(v, batch) for v in value)
+    if isinstance(value, list):
+        return [_expand(v, batch) for v in value]
+    return value
+
+
+def _concat(values: Sequence[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        dim = _batch_dim(first)
+        return first if dim is None else torch.cat(list(values), dim=dim)
+    if isinstance(first, (tuple, list)):
+        parts = [_concat([v[i] for v in values]) for i in range(len(first))]
+        return type(first)(parts)
+    return first
+
+
+def move(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(move(v, device) for v in value)
+    if isinstance(value, list):
+        return [move(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: move(v, device) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class BlockInputs:
+    """The inputs of one block for every calibration sample."""
+
+    hidden: list[torch.Tensor]
+    args: tuple = ()
+    shared: dict[str, Any] = field(default_factory=dict)
+    per_sample: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_captures(cls, captures: list[tuple[torch.Tensor, tuple, dict[str, Any]]]) -> BlockInputs:
+        """Split captured (hidden, args, kwargs) into shared and per-sample parts."""
+        if not captures:
+            raise ValueError("no block inputs were captured")
+        hidden = [c[0] for c in captures]
+        args = captures[0][1]
+        keys = list(captures[0][2])
+        shared: dict[str, Any] = {}
+        varying: list[str] = []
+        for key in keys:
+            first = captures[0][2][key]
+            if all(_equal(first, c[2].get(key)) for c in captures[1:]):
+                shared[key] = first
+            else:
+                varying.append(key)
+        per_sample = [{key: c[2][key] for key in varying} for c in captures]
+        return cls(hidden=hidden, args=args, shared=shared, per_sample=per_sample)
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def with_hidden(self, hidden: list[torch.Tensor]) -> BlockInputs:
+        """Same keyword arguments, new hidden states: the inputs of the next block."""
+        return BlockInputs(hidden=hidden, args=self.args, shared=self.shared, per_sample=self.per_sample)
+
+    def shape_buckets(self) -> list[list[int]]:
+        """Sample indices grouped by hidden-state shape: only same-shape samples share a batch."""
+        buckets: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in enumerate(self.hidden):
+            buckets.setdefault(tuple(tensor.shape), []).append(index)
+        return list(buckets.values())
+
+    def batch(
+        self, indices: Sequence[int], device: torch.device
+    ) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+        """(hidden, args, kwargs) for a batch of same-shape samples, on ``device``."""
+        hidden = torch.cat([self.hidden[i] for i in indices], dim=0).to(device, non_blocking=True)
+        kwargs = {key: _expand(move(value, device), len(indices)) for key, value in self.shared.items()}
+        if self.per_sample and self.per_sample[0]:
+            for key in self.per_sample[0]:
+                kwargs[key] = move(_concat([self.per_sample[i][key] for i in indices]), device)
+        return hidden, move(self.args, device), kwargs
+
+
+def run_block(
+    block: torch.nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict[str, Any]
+) -> torch.Tensor:
+    """Call a decoder block and return its hidden states (blocks may return a tuple)."""
+    out = block(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out

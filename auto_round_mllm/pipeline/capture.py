@@ -1,0 +1,66 @@
+"""Capture the inputs of the first block to tune, by running the model until it reaches it.
+
+A forward pre-hook on the block records its positional and keyword arguments (attention mask,
+position ids, position embeddings, rope variants) and raises :class:`StopForward`, so the rest of
+the model never runs. Each sample is captured on its own (batch size 1), which keeps image
+samples of different sizes apart and makes the batch dimension of every argument unambiguous.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from auto_round_mllm.pipeline.cache import BlockInputs, move
+
+# Keyword arguments that belong to generation, not to calibration.
+DROPPED_KWARGS = ("past_key_value", "past_key_values", "output_attentions")
+
+
+class StopForward(Exception):
+    """Raised by the capture hook once the block's inputs are recorded."""
+
+
+def capture_block_inputs(
+    model: nn.Module,
+    block: nn.Module,
+    samples: list[dict[str, torch.Tensor]],
+    *,
+    device: torch.device,
+    cache_device: torch.device,
+) -> BlockInputs:
+    captures: list[tuple[torch.Tensor, tuple, dict[str, Any]]] = []
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        kwargs = dict(kwargs)
+        if args:
+            hidden, rest = args[0], tuple(args[1:])
+        else:
+            hidden, rest = kwargs.pop("hidden_states"), ()
+        for key in DROPPED_KWARGS:
+            kwargs.pop(key, None)
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        captures.append(
+            (hidden.detach().to(cache_device), move(rest, cache_device), move(kwargs, cache_device))
+        )
+        raise StopForward
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for sample in samples:
+                inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
+                try:
+                    model(**inputs, use_cache=False)
+                except StopForward:
+                    continue
+                raise RuntimeError(
+                    f"the model's forward never reached block {type(block).__name__}; "
+                    "the block list does not belong to the forward path of this model"
+                )
+    finally:
+        handle.remove()
+    return BlockInputs.from_captures(captures)

@@ -1,0 +1,214 @@
+"""A Linear whose weight is fake-quantized with learnable SignRound parameters.
+
+SignRound tunes, per block, a rounding offset ``v`` (one per weight, in code units) and per-group
+multipliers on the weight range (``min_scale`` / ``max_scale``, clipping). :class:`TunableLinear` holds
+those parameters around an untouched ``nn.Linear``; :func:`wrap_linears` / :func:`unwrap_linears` swap it
+in and out of a block, and :meth:`TunableLinear.finalize` freezes the result into integer codes that
+dequantize to exactly what the tuned block computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from auto_round_mllm.config import QuantScheme
+from auto_round_mllm.quant.ops import fake_quant, from_codes, from_groups, qparams, to_codes, to_groups
+
+
+@dataclass
+class QuantizedWeight:
+    """The exportable result for one Linear: codes plus per-group scale and zero point.
+
+    ``group_size`` is the effective length (never -1) so consumers need no knowledge of in_features.
+    """
+
+    codes: Tensor  # uint8 [out, in]
+    scale: Tensor  # scale dtype [out, G]
+    zp: Tensor  # int32 [out, G]
+    bits: int
+    group_size: int
+    sym: bool
+    bias: Tensor | None = None
+
+    @property
+    def out_features(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.codes.shape[1])
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The weight ``[out, in]`` these codes stand for (bit-exact with the tuned fake-quant in fp32)."""
+        groups = to_groups(self.codes, self.group_size)
+        weight = from_codes(groups, self.scale.reshape(-1), self.zp.reshape(-1))
+        return from_groups(weight, self.out_features).to(dtype)
+
+
+class TunableLinear(nn.Module):
+    """Fake-quantized stand-in for an ``nn.Linear`` during SignRound tuning.
+
+    The fp32 grouped weight is computed once: re-grouping on every step would cost a copy per forward,
+    and the original weight must not change while tuning anyway (its ``requires_grad`` is turned off).
+    """
+
+    def __init__(
+        self,
+        layer: nn.Linear,
+        scheme: QuantScheme,
+        *,
+        enable_minmax_tuning: bool = True,
+        scale_dtype: torch.dtype = torch.float16,
+    ) -> None:
+        super().__init__()
+        self.layer = layer
+        self.scheme = scheme
+        self.bits = scheme.bits
+        self.sym = scheme.sym
+        self.group_size = scheme.group_size_for(layer.in_features)
+        self.scale_dtype = scale_dtype
+        self.enable_minmax_tuning = enable_minmax_tuning
+        self.weight_requires_grad = layer.weight.requires_grad
+        layer.weight.requires_grad_(False)
+
+        groups = to_groups(layer.weight.detach().float(), self.group_size).clone()
+        self.register_buffer("weight_groups", groups, persistent=False)
+        rows, device = groups.shape[0], groups.device
+        self.v = nn.Parameter(torch.zeros_like(groups))
+        ones = torch.ones(rows, dtype=torch.float32, device=device)
+        if enable_minmax_tuning:
+            self.min_scale = nn.Parameter(ones.clone())
+            self.max_scale = nn.Parameter(ones.clone())
+        else:  # buffers: still moved by .to(), but no optimizer can ever see them
+            self.register_buffer("min_scale", ones.clone(), persistent=False)
+            self.register_buffer("max_scale", ones.clone(), persistent=False)
+
+    @property
+    def out_features(self) -> int:
+        return self.layer.out_features
+
+    @property
+    def in_features(self) -> int:
+        return self.layer.in_features
+
+    def _qparams(self) -> tuple[Tensor, Tensor]:
+        return qparams(
+            self.weight_groups,
+            self.bits,
+            self.sym,
+            self.min_scale.clamp(0, 1),
+            self.max_scale.clamp(0, 1),
+            scale_dtype=self.scale_dtype,
+        )
+
+    def qdq_weight(self) -> Tensor:
+        """Fake-quantized weight ``[out, in]`` in fp32, differentiable w.r.t. v and the min/max scales."""
+        scale, zp = self._qparams()
+        groups = fake_quant(self.weight_groups, scale, zp, self.bits, self.v)
+        return from_groups(groups, self.out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.layer.bias
+        return F.linear(x, self.qdq_weight().to(x.dtype), bias.to(x.dtype) if bias is not None else None)
+
+    def round_parameters(self) -> list[nn.Parameter]:
+        return [self.v]
+
+    def minmax_parameters(self) -> list[nn.Parameter]:
+        if not self.enable_minmax_tuning:
+            return []
+        return [self.min_scale, self.max_scale]
+
+    def snapshot(self) -> dict[str, Tensor]:
+        """Detached copies of the tunables, for keeping the best-loss state during tuning."""
+        return {
+            "v": self.v.detach().clone(),
+            "min_scale": self.min_scale.detach().clone(),
+            "max_scale": self.max_scale.detach().clone(),
+        }
+
+    @torch.no_grad()
+    def restore(self, snapshot: dict[str, Tensor]) -> None:
+        """Load tunables from :meth:`snapshot` in place (optimizers keep pointing at the same tensors)."""
+        for name, value in snapshot.items():
+            getattr(self, name).copy_(value)
+
+    @torch.no_grad()
+    def finalize(self) -> QuantizedWeight:
+        """Freeze the current parameters into codes; ``finalize().dequantize() == qdq_weight()`` exactly."""
+        scale, zp = self._qparams()
+        codes = to_codes(self.weight_groups, scale, zp, self.bits, self.v)
+        groups_per_row = self.in_features // self.group_size
+        bias = self.layer.bias
+        return QuantizedWeight(
+            codes=from_groups(codes, self.out_features),
+            scale=scale.reshape(self.out_features, groups_per_row).clone(),
+            zp=zp.to(torch.int32).reshape(self.out_features, groups_per_row),
+            bits=self.bits,
+            group_size=self.group_size,
+            sym=self.sym,
+            bias=bias.detach().clone() if bias is not None else None,
+        )
+
+
+def _iter_linears(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Linear]]:
+    """Linear descendants by dotted name, not descending into already wrapped layers."""
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, TunableLinear):
+            continue
+        if isinstance(child, nn.Linear):
+            yield full, child
+        else:
+            yield from _iter_linears(child, full)
+
+
+def _replace(block: nn.Module, name: str, module: nn.Module) -> None:
+    """``setattr`` on the parent of a dotted name (works for Sequential/ModuleList indices too)."""
+    parent_name, _, child_name = name.rpartition(".")
+    parent = block.get_submodule(parent_name) if parent_name else block
+    setattr(parent, child_name, module)
+
+
+def wrap_linears(
+    block: nn.Module, scheme_for: Callable[[str], QuantScheme | None], **kw: object
+) -> dict[str, TunableLinear]:
+    """Swap every Linear in ``block`` that ``scheme_for(name)`` assigns a scheme with a TunableLinear.
+
+    Names are relative to ``block`` (e.g. ``"self_attn.q_proj"``); ``kw`` goes to TunableLinear.
+    """
+    wrapped: dict[str, TunableLinear] = {}
+    for name, linear in list(_iter_linears(block)):
+        scheme = scheme_for(name)
+        if scheme is None:
+            continue
+        tunable = TunableLinear(linear, scheme, **kw)  # type: ignore[arg-type]
+        _replace(block, name, tunable)
+        wrapped[name] = tunable
+    return wrapped
+
+
+@torch.no_grad()
+def unwrap_linears(
+    block: nn.Module, wrapped: dict[str, TunableLinear], write_back: bool = True
+) -> dict[str, QuantizedWeight]:
+    """Finalize each wrapped layer and put the original Linear back in ``block``.
+
+    With ``write_back`` the original weight is overwritten by its dequantized value (in its own dtype), so
+    later blocks calibrate on the quantized model's activations.
+    """
+    results: dict[str, QuantizedWeight] = {}
+    for name, tunable in wrapped.items():
+        quantized = tunable.finalize()
+        layer = tunable.layer
+        if write_back:
+            layer.weight.copy_(quantized.dequantize(layer.weight.dtype))
+        layer.weight.requires_grad_(tunable.weight_requires_grad)
+        _replace(block, name, layer)
+        results[name] = quantized
+    return results

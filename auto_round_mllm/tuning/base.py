@@ -1,0 +1,67 @@
+"""The tuner protocol: how one block's quantization parameters are chosen.
+
+The pipeline moves data and asks the tuner for nothing but ``tune_block``; a tuner declares with
+``needs_data`` whether the pipeline must capture calibration activations at all (RTN does not).
+Tuners never store anything; exporters do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from auto_round_mllm.config import TuningConfig
+from auto_round_mllm.pipeline.cache import BlockInputs
+from auto_round_mllm.quant.tunable import TunableLinear
+from auto_round_mllm.registry import Registry
+from auto_round_mllm.utils.device import Precision
+
+
+@dataclass
+class TuneContext:
+    """What a tuner may read for one block: inputs of the quantized stream and fp targets."""
+
+    inputs: BlockInputs
+    targets: list[torch.Tensor]
+    device: torch.device
+    precision: Precision
+    seed: int
+    on_step: Callable[[int], None] | None = None
+    """Called after every optimizer step (progress display)."""
+
+
+@dataclass
+class TuneOutcome:
+    first_loss: float | None = None
+    """Loss of the first tuning step (auto-round's ``loss iter 0``)."""
+    best_loss: float | None = None
+    best_iter: int | None = None
+    iters: int = 0
+
+
+class Tuner(Protocol):
+    name: str
+    needs_data: bool
+
+    def tune_block(
+        self, block: nn.Module, wrapped: dict[str, TunableLinear], ctx: TuneContext | None
+    ) -> TuneOutcome:
+        """Adjust the wrapped layers' learnable parameters in place."""
+        ...
+
+
+TunerFactory = Callable[[TuningConfig], Tuner]
+TUNERS: Registry[TunerFactory] = Registry("tuning method")
+
+
+def register_tuner(name: str) -> Callable[[TunerFactory], TunerFactory]:
+    return TUNERS.register(name)
+
+
+def tuner_for(config: TuningConfig) -> Tuner:
+    """SignRound for ``iters > 0``, round-to-nearest for ``iters == 0`` (auto-round's rule)."""
+    return TUNERS.get("signround" if config.iters > 0 else "rtn")(config)

@@ -1,0 +1,106 @@
+"""SignRound: signed gradient descent on rounding offsets and clipping scales.
+
+Per step: draw ``batch_size x gradient_accumulate_steps`` samples, run the block with fake-quantized
+weights on the quantized stream, take the MSE against the full-precision block's output, and move
+every parameter by ``-lr_t * sign(grad)`` with ``lr_t`` decaying linearly to 0. The parameters
+evaluated at the lowest loss are kept, as in auto-round (the last update is never evaluated).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from auto_round_mllm.config import TuningConfig
+from auto_round_mllm.pipeline.cache import run_block
+from auto_round_mllm.quant.tunable import TunableLinear
+from auto_round_mllm.tuning.base import TuneContext, TuneOutcome, register_tuner
+
+
+class CyclicBatchSampler:
+    """Shuffled batches of same-shape samples, reshuffled when exhausted (auto-round HEAD's sampler)."""
+
+    def __init__(self, buckets: list[list[int]], batch_size: int, seed: int) -> None:
+        self.buckets = buckets
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.queue: list[list[int]] = []
+
+    def _refill(self) -> None:
+        batches: list[list[int]] = []
+        for bucket in self.buckets:
+            order = torch.randperm(len(bucket), generator=self.generator).tolist()
+            shuffled = [bucket[i] for i in order]
+            size = min(self.batch_size, len(shuffled))
+            batches.extend(shuffled[i : i + size] for i in range(0, len(shuffled) - size + 1, size))
+        order = torch.randperm(len(batches), generator=self.generator).tolist()
+        self.queue = [batches[i] for i in order]
+
+    def next(self) -> list[int]:
+        if not self.queue:
+            self._refill()
+        return self.queue.pop()
+
+
+@torch.no_grad()
+def sign_step(params: list[torch.Tensor], lr: float) -> None:
+    """``p -= lr * sign(grad)`` for every parameter that received a gradient, then clear grads."""
+    with_grad = [p for p in params if p.grad is not None]
+    if with_grad and lr > 0:
+        signs = torch._foreach_sign([p.grad for p in with_grad])
+        torch._foreach_add_(with_grad, signs, alpha=-lr)
+    for p in params:
+        p.grad = None
+
+
+@dataclass
+class SignRoundTuner:
+    config: TuningConfig
+    name: str = "signround"
+    needs_data: bool = True
+
+    def tune_block(
+        self, block: nn.Module, wrapped: dict[str, TunableLinear], ctx: TuneContext | None
+    ) -> TuneOutcome:
+        assert ctx is not None, "SignRound needs calibration activations"
+        cfg = self.config
+        round_params = [p for layer in wrapped.values() for p in layer.round_parameters()]
+        minmax_params = [p for layer in wrapped.values() for p in layer.minmax_parameters()]
+        sampler = CyclicBatchSampler(ctx.inputs.shape_buckets(), cfg.batch_size, ctx.seed)
+        outcome = TuneOutcome(iters=cfg.iters)
+        best_loss, best_state = math.inf, None
+        for step in range(cfg.iters):
+            decay = 1.0 - step / cfg.iters
+            step_loss = torch.zeros((), device=ctx.device)
+            for _ in range(cfg.gradient_accumulate_steps):
+                indices = sampler.next()
+                hidden, args, kwargs = ctx.inputs.batch(indices, ctx.device)
+                target = torch.cat([ctx.targets[i] for i in indices]).to(ctx.device, non_blocking=True)
+                with ctx.precision.context():
+                    output = run_block(block, hidden, args, kwargs)
+                loss = F.mse_loss(output.float(), target.float()) / cfg.gradient_accumulate_steps
+                loss.backward()
+                step_loss += loss.detach()
+            value = float(step_loss)
+            if outcome.first_loss is None:
+                outcome.first_loss = value
+            if value < best_loss:
+                best_loss, outcome.best_iter = value, step
+                if cfg.use_best_mse:
+                    best_state = {name: layer.snapshot() for name, layer in wrapped.items()}
+            sign_step(round_params, cfg.effective_lr * decay)
+            sign_step(minmax_params, cfg.effective_minmax_lr * decay)
+            if ctx.on_step is not None:
+                ctx.on_step(step)
+        outcome.best_loss = best_loss
+        if best_state is not None:
+            for name, layer in wrapped.items():
+                layer.restore(best_state[name])
+        return outcome
+
+
+register_tuner("signround")(SignRoundTuner)

@@ -1,0 +1,147 @@
+"""Device selection and mixed precision.
+
+The tuning loop runs on one compute device; this module turns the user's ``--device`` value into a
+``torch.device`` and decides the autocast dtype: the model dtype on accelerators, bf16 on CPUs that
+have native bf16 instructions (about twice the fp32 matmul rate there), fp32 otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from auto_round_mllm.errors import UserError
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda|xpu|hpu)(:\d+)?$")
+
+
+def _hpu_available() -> bool:
+    try:
+        import habana_frameworks.torch.core  # noqa: F401  (registers the hpu device)
+    except ImportError:
+        return False
+    return bool(getattr(torch, "hpu", None) and torch.hpu.is_available())
+
+
+def _xpu_available() -> bool:
+    return bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
+
+
+def available_accelerator() -> str | None:
+    """The first accelerator type present on this machine, if any."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if _xpu_available():
+        return "xpu"
+    if _hpu_available():
+        return "hpu"
+    return None
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """Map ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``xpu``, ``hpu`` or a bare index to a device."""
+    value = (spec or "auto").strip().lower()
+    if value == "auto":
+        return torch.device(available_accelerator() or "cpu")
+    if value.isdigit():  # auto-round's habit: --device 0 means the first accelerator
+        kind = available_accelerator()
+        if kind is None:
+            raise UserError(
+                f"--device {spec} asks for an accelerator but none is available", fix="use --device cpu"
+            )
+        value = f"{kind}:{value}"
+    if not _DEVICE_RE.match(value):
+        raise UserError(f"--device {spec!r} is not understood", fix="use auto, cpu, cuda, cuda:N, xpu or hpu")
+    kind, _, index = value.partition(":")
+    checks = {
+        "cpu": lambda: True,
+        "cuda": torch.cuda.is_available,
+        "xpu": _xpu_available,
+        "hpu": _hpu_available,
+    }
+    if not checks[kind]():
+        raise UserError(f"--device {spec} is not available on this machine", fix="use --device auto or cpu")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UserError(
+            f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible",
+            fix=f"use an index below {torch.cuda.device_count()}",
+        )
+    return torch.device(value)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has AVX512-BF16 or AMX, where bf16 matmuls beat fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the tuning forward runs: ``autocast`` is None when it runs in plain fp32/model dtype."""
+
+    device: torch.device
+    autocast: torch.dtype | None
+
+    @property
+    def label(self) -> str:
+        return str(self.autocast).replace("torch.", "") if self.autocast else "float32"
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        if self.autocast is None:
+            yield
+            return
+        with torch.autocast(device_type=self.device.type, dtype=self.autocast):
+            yield
+
+
+def choose_precision(device: torch.device, model_dtype: torch.dtype, *, amp: bool) -> Precision:
+    """auto-round's rule, made explicit: autocast in the model dtype on accelerators, bf16 on a
+    CPU with native bf16, and no autocast when ``--disable_amp`` is given or nothing is faster."""
+    if not amp:
+        return Precision(device, None)
+    if device.type == "cpu":
+        return Precision(device, torch.bfloat16 if cpu_has_native_bf16() else None)
+    if model_dtype in (torch.float16, torch.bfloat16):
+        return Precision(device, model_dtype)
+    return Precision(device, None)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
+
+
+def empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "xpu":
+        torch.xpu.empty_cache()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "xpu":
+        torch.xpu.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device: torch.device) -> float | None:
+    """Peak accelerator memory since the last reset, or None on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    if device.type == "xpu":
+        return torch.xpu.max_memory_allocated(device) / 2**30
+    return None

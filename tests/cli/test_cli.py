@@ -1,0 +1,150 @@
+"""The CLI in-process: flag spellings, help, listing, and user errors (one line, exit 2, no files)."""
+
+import json
+
+import pytest
+
+from auto_round_mllm.cli.app import main
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*args])
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err
+
+
+def test_help_lists_every_flag_with_examples(capsys):
+    code, out, _ = run_cli(["-h"], capsys)
+    assert code == 0
+    for flag in (
+        "--model",
+        "--scheme",
+        "--bits",
+        "--group_size",
+        "--group-size",
+        "--asym",
+        "--iters",
+        "--lr",
+        "--minmax_lr",
+        "--nsamples",
+        "--seqlen",
+        "--batch_size",
+        "--gradient_accumulate_steps",
+        "--seed",
+        "--disable_minmax_tuning",
+        "--not_use_best_mse",
+        "--disable_quanted_input",
+        "--disable_amp",
+        "--scale_dtype",
+        "--model_dtype",
+        "--fp_layers",
+        "--to_quant_block_names",
+        "--dataset",
+        "--device",
+        "--output_dir",
+        "--format",
+        "--force",
+        "--json",
+        "--debug",
+    ):
+        assert flag in out, flag
+    assert "Examples" in out and "auto-round-mllm --model" in out
+
+
+def test_list_schemes_and_formats(capsys):
+    code, out, _ = run_cli(["list", "schemes"], capsys)
+    assert code == 0 and "W2A16G64" in out and "bits=2 group_size=64" in out
+    code, out, _ = run_cli(["list", "formats"], capsys)
+    assert code == 0 and "auto_round" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--bits", "5"], "bits=5 is not supported"),
+        (["--bits", "1"], "bits=1 is not supported"),
+        (["--scheme", "W5A16"], "unknown scheme 'W5A16'"),
+        (["--group_size", "0"], "group_size=0"),
+        (["--nsamples", "0"], "nsamples=0 must be > 0"),
+        (["--seqlen", "-1"], "seqlen=-1 must be > 0"),
+        (["--iters", "-3"], "iters=-3 must be >= 0"),
+        (["--format", "gguf"], "unknown export format 'gguf'"),
+        (["--scale_dtype", "int8"], "--scale_dtype 'int8'"),
+        (["--device", "tpu"], "--device 'tpu' is not understood"),
+        (["--device", "cuda:0"], "not available on this machine"),
+        (["--dataset", "missing.jsonl"], "dataset file missing.jsonl does not exist"),
+        (["--dataset", "org/some-dataset"], "hub dataset"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_and_leave_nothing(
+    args, needle, tiny_qwen2_vl, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "out"
+    code, _out, err = run_cli(["--model", str(tiny_qwen2_vl), "--output_dir", str(out_dir), *args], capsys)
+    assert code == 2, err
+    assert needle in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out_dir.exists()
+
+
+def test_model_errors(tmp_path, capsys):
+    code, _, err = run_cli(["--model", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["--model", str(tmp_path / "empty")], capsys)
+    assert code == 2 and "has no config.json" in err
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    code, _, err = run_cli(["--model", f"local:{tmp_path / 'empty'}"], capsys)
+    assert code == 2 and "has no weights" in err
+
+
+def test_hub_id_without_network_fails_fast(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, _, err = run_cli(
+        ["--model", "Qwen/Qwen2-VL-2B-Instruct", "--output_dir", str(tmp_path / "o")], capsys
+    )
+    assert code == 2
+    assert "not in the local Hugging Face cache" in err and "hf download Qwen/Qwen2-VL-2B-Instruct" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_needs_force(tiny_qwen2_vl, tmp_path, capsys):
+    target = tmp_path / "out" / f"{tiny_qwen2_vl.name}-w4g128"
+    target.mkdir(parents=True)
+    (target / "keep.txt").write_text("mine")
+    code, _, err = run_cli(["--model", str(tiny_qwen2_vl), "--output_dir", str(tmp_path / "out")], capsys)
+    assert code == 2 and "already exists" in err and "--force" in err
+    assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_malformed_dataset_line_is_named(tiny_qwen2_vl, tmp_path, capsys):
+    data = tmp_path / "calib.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": broken}\n')
+    code, _, err = run_cli(
+        ["--model", str(tiny_qwen2_vl), "--dataset", str(data), "--output_dir", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "line 2 is not valid JSON" in err
+    data.write_text('{"text": "fine"}\n{"content": "x"}\n')
+    code, _, err = run_cli(
+        ["--model", str(tiny_qwen2_vl), "--dataset", str(data), "--output_dir", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "line 2 has no string field 'text'" in err
+
+
+def test_config_without_architectures(tiny_qwen2_vl, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_qwen2_vl, broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["architectures"]
+    (broken / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(
+        ["--model", str(broken), "--output_dir", str(tmp_path / "o"), "--iters", "0"], capsys
+    )
+    assert code == 2 and "no 'architectures' entry" in err
+    assert not (tmp_path / "o").exists()

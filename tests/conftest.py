@@ -1,0 +1,74 @@
+"""Shared fixtures: an offline hub for every test, and tiny models built once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS_DIR = REPO_ROOT / "scripts"
+if str(SCRIPTS_DIR) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS_DIR))  # make_tiny_models lives in scripts/, not in the package
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# huggingface_hub reads these when it is imported, which test modules may do while being collected,
+# before any fixture runs; so set them here too.
+os.environ.update(OFFLINE_ENV)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_hub():
+    """No test reaches the Hugging Face hub."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in OFFLINE_ENV.items():
+            patch.setenv(name, value)
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl(tmp_path_factory) -> Path:
+    """Folder of a tiny Qwen2-VL checkpoint (see scripts/make_tiny_models.py). Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    """Folder of a tiny LLaVA-1.5 checkpoint (see scripts/make_tiny_models.py). Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_qwen2_vl, tiny_llava) -> dict[str, Path]:
+    return {"qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
+
+
+def quantize_tiny(model_dir: Path, out_dir: Path, *, scheme=None, iters: int = 2, **tuning):
+    """Tune a tiny model through the API (small budget) and export it; returns (tuned, folder).
+
+    The tuned model keeps its fake-quantized weights, which is what exported checkpoints must
+    reproduce.
+    """
+    from auto_round_mllm import api
+    from auto_round_mllm.config import ExportConfig, QuantJob, QuantScheme, TuningConfig
+    from auto_round_mllm.models.loading import load_model
+
+    settings = {"iters": iters, "nsamples": 4, "seqlen": 32, "batch_size": 2, **tuning}
+    job = QuantJob(
+        model=str(model_dir),
+        scheme=scheme or QuantScheme(),
+        tuning=TuningConfig(**settings),
+        export=ExportConfig(output_dir=str(out_dir)),
+        device="cpu",
+    )
+    loaded = load_model(job.model)
+    tuned = api.tune(job, loaded)
+    dirs = api.format_dirs(out_dir / "ckpt", job.export.formats)
+    api.write_formats(tuned, job, dirs, {"test": True})
+    return tuned, dirs["auto_round"]

@@ -1,0 +1,82 @@
+"""The real CLI end to end on tiny Qwen2-VL and LLaVA: flags in, checkpoint and summary out."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from auto_round_mllm.cli.app import main
+from auto_round_mllm.inference.dequantize import load_dequantized
+
+SMALL = ["--iters", "4", "--nsamples", "4", "--seqlen", "32", "--batch_size", "2", "--device", "cpu"]
+
+
+def run_in_process(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize(
+    ("scheme_args", "suffix"),
+    [
+        (["--bits", "4", "--group_size", "128"], "w4g128"),
+        (["--bits", "4", "--group-size", "128", "--asym"], "w4g128-asym"),
+        (["--scheme", "W2A16G64"], "w2g64"),
+        (["--bits", "2", "--group_size", "64", "--asym"], "w2g64-asym"),
+    ],
+)
+def test_cli_quantizes_and_the_checkpoint_generates(
+    family, scheme_args, suffix, tiny_models, tmp_path, capsys
+):
+    model_dir = tiny_models[family]
+    code, out, err = run_in_process(
+        ["--model", str(model_dir), *scheme_args, *SMALL, "--output_dir", str(tmp_path), "--json"], capsys
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    folder = tmp_path / f"{model_dir.name}-{suffix}"
+    assert summary["outputs"] == {"auto_round": str(folder)}
+    assert summary["quantized_layers"] == 28 and summary["skipped_layers"] == {}
+    assert len(summary["blocks"]) == 4
+    for block in summary["blocks"]:
+        assert block["rtn_loss"] > 0 and block["final_loss"] > 0 and block["quantized_layers"] == 7
+    assert summary["calibration"]["samples"] == 4 and summary["calibration"]["seqlen"] == 32
+    report = json.loads((folder / "quantization_report.json").read_text())
+    assert report["blocks"] == summary["blocks"] and report["format"] == "auto_round"
+
+    model = load_dequantized(folder)
+    ids = torch.tensor([[5, 17, 42, 99, 7, 8]])
+    generated = model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, 10)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_console_script_runs_rtn_with_summary_table(family, tiny_models, tmp_path):
+    """The installed console script, as users type it (RTN keeps it quick)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
+    script = "auto_round_mllm" if family == "llava" else "auto-round-mllm"
+    command = [script, "--model", str(tiny_models[family]), "--iters", "0", "--output_dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "auto-round-mllm summary" in done.stdout
+    assert "28 quantized, 0 kept in 16 bit" in done.stdout
+    assert (tmp_path / f"{tiny_models[family].name}-w4g128" / "model.safetensors").is_file()
+
+
+def test_python_module_entry_point_reports_errors(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "auto_round_mllm", "--model", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error:") and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,61 @@
+"""A real client reads our checkpoint: the PyPI ``auto-round`` package, through transformers' own
+``from_pretrained``, must give the logits of our fake-quantized model.
+
+auto-round is a test extra, so this runs in CI. Its CPU loader forces fp16 when asked for fp32; the
+exact path is to load in the checkpoint's bf16 and cast the module tree to fp32 afterwards (the
+quantized layers dequantize ``fp16 scale x (q - zero)`` on the fly, which is exact in fp32).
+"""
+
+import torch
+from torch import nn
+
+from auto_round_mllm.config import QuantScheme
+from tests.conftest import quantize_tiny
+
+
+def fake_quant_fp32(tuned):
+    """The tuned model in fp32 with every quantized Linear holding its exact dequantized weight."""
+    model = tuned.loaded.model
+    nn.Module.float(model)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, qw in tuned.qweights.items():
+            modules[name].weight.copy_(qw.dequantize(torch.float32))
+    return model
+
+
+def image_inputs(processor, tokenizer):
+    from make_tiny_models import gradient_image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[gradient_image(56)], return_tensors="pt")
+    inputs["mm_token_type_ids"] = (
+        inputs["input_ids"] == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    ).long()
+    return inputs
+
+
+def test_auto_round_package_loads_our_qwen2_vl_checkpoint(tiny_qwen2_vl, tmp_path):
+    import auto_round  # noqa: F401  (a test extra: its absence is a failure, not a skip)
+    from transformers import AutoModelForImageTextToText
+
+    tuned, folder = quantize_tiny(tiny_qwen2_vl, tmp_path, scheme=QuantScheme(4, 128, True), iters=3)
+    reference = fake_quant_fp32(tuned)
+    peer, info = AutoModelForImageTextToText.from_pretrained(
+        folder, dtype=torch.bfloat16, output_loading_info=True
+    )
+    nn.Module.float(peer)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+    replaced = {name for name, module in peer.named_modules() if hasattr(module, "qweight")}
+    assert len(replaced) == 28
+    assert all(".language_model.layers." in name for name in replaced)  # the vision tower stays 16 bit
+
+    ids = torch.randint(0, 1900, (2, 40), generator=torch.Generator().manual_seed(3))
+    inputs = image_inputs(tuned.loaded.processor, tuned.loaded.tokenizer)
+    with torch.no_grad():
+        for batch in ({"input_ids": ids}, dict(inputs)):
+            expected = reference(**batch).logits
+            actual = peer(**batch).logits
+            torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)

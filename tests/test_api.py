@@ -1,0 +1,59 @@
+"""The Python API as auto-round's MLLM README uses it, with only the import changed."""
+
+import json
+
+import pytest
+import torch
+
+from auto_round_mllm.errors import UserError
+
+
+def test_readme_usage_on_loaded_objects(tiny_qwen2_vl, tmp_path):
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    from auto_round_mllm import AutoRoundMLLM, load_dequantized
+    from auto_round_mllm.models.processor_loading import load_processor
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2_vl, dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2_vl)
+    processor = load_processor(tiny_qwen2_vl).processor
+    bits, group_size, sym = 4, 128, True
+    autoround = AutoRoundMLLM(
+        model, tokenizer, processor, bits=bits, group_size=group_size, sym=sym, iters=2, nsamples=4, seqlen=32
+    )
+    returned, layer_config = autoround.quantize()
+    assert returned is model
+    assert layer_config["model.language_model.layers.0.mlp.down_proj"]["bits"] == 4
+    out = tmp_path / "qwen-int4"
+    autoround.save_quantized(out, format="auto_round", inplace=True)
+
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["bits"] == 4 and config["sym"] is True
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    with torch.no_grad():
+        assert torch.equal(
+            model(input_ids=ids).logits, load_dequantized(out, dtype=model.dtype)(input_ids=ids).logits
+        )
+
+
+def test_path_and_cli_keyword_names(tiny_llava, tmp_path):
+    from auto_round_mllm import AutoRoundMLLM
+
+    autoround = AutoRoundMLLM(
+        str(tiny_llava), asym=True, bits=2, group_size=64, iters=0, disable_amp=True, fp_layers="down_proj"
+    )
+    assert autoround.job.scheme.sym is False and autoround.job.tuning.amp is False
+    _, layer_config = autoround.quantize()
+    down = layer_config["model.language_model.layers.0.mlp.down_proj"]
+    assert down["bits"] == 16 and "fp_layers" in down["reason"]
+    autoround.save_quantized(tmp_path / "o")
+    extra = json.loads((tmp_path / "o" / "config.json").read_text())["quantization_config"]["extra_config"]
+    assert extra["language_model.model.layers.0.mlp.down_proj"] == {"bits": 16, "data_type": "float"}
+    assert "model.language_model.layers.0.mlp.down_proj" in extra  # the module-name convention too
+
+
+def test_bad_keyword_values_are_user_errors():
+    from auto_round_mllm import AutoRoundMLLM
+
+    with pytest.raises(UserError, match="bits=5"):
+        AutoRoundMLLM("unused", bits=5)

@@ -1,0 +1,133 @@
+"""SignRound on a toy two-block model: it must beat round-to-nearest, deterministically."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from auto_round_mllm.config import QuantScheme, TuningConfig
+from auto_round_mllm.pipeline.blockwise import quantize_blocks
+from auto_round_mllm.pipeline.plan import plan_layers
+from auto_round_mllm.tuning import tuner_for
+from auto_round_mllm.tuning.signround import CyclicBatchSampler
+from auto_round_mllm.utils.device import Precision
+
+HIDDEN = 64
+
+
+class ToyBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(HIDDEN, 4 * HIDDEN)
+        self.down = nn.Linear(4 * HIDDEN, HIDDEN)
+
+    def forward(self, hidden, attention_mask=None):
+        return hidden + self.down(torch.nn.functional.silu(self.up(hidden)))
+
+
+class ToyModel(nn.Module):
+    """Embeddings with correlated, unevenly scaled channels (like real activations), two blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(100, HIDDEN)
+        mixing = torch.randn(HIDDEN, HIDDEN) * torch.logspace(-1, 0.5, HIDDEN)
+        self.embed.weight.data = self.embed.weight.data @ mixing
+        self.layers = nn.ModuleList([ToyBlock(), ToyBlock()])
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        hidden = self.embed(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=attention_mask)
+        return hidden
+
+
+def samples(n=16, length=24):
+    gen = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(0, 100, (1, length), generator=gen)} for _ in range(n)]
+
+
+def run(config: TuningConfig, scheme=QuantScheme(2, 32)):
+    model = ToyModel()
+    blocks = ["layers.0", "layers.1"]
+    decisions = plan_layers(model, blocks, scheme, keep_patterns=(), checks=[])
+    result = quantize_blocks(
+        model,
+        group="layers",
+        block_names=blocks,
+        decisions=decisions,
+        tuner=tuner_for(config),
+        config=config,
+        samples=samples(),
+        device=torch.device("cpu"),
+        precision=Precision(torch.device("cpu"), None),
+    )
+    return model, result
+
+
+def test_signround_beats_rtn_on_every_block():
+    _, result = run(TuningConfig(iters=60, batch_size=4))
+    for report in result.blocks:
+        assert report.final_loss < 0.9 * report.rtn_loss, report
+        assert report.best_loss <= report.first_loss
+
+
+def test_rtn_needs_no_data_and_reports_no_losses():
+    model, result = run(TuningConfig(iters=0))
+    assert len(result.qweights) == 4
+    assert all(r.rtn_loss is None for r in result.blocks)
+    # the model now holds exactly the dequantized weights
+    qw = result.qweights["layers.0.up"]
+    assert torch.equal(model.layers[0].up.weight, qw.dequantize(model.layers[0].up.weight.dtype))
+
+
+def test_same_seed_gives_identical_codes():
+    config = TuningConfig(iters=10, batch_size=4)
+    _, first = run(config)
+    _, second = run(config)
+    for name, qw in first.qweights.items():
+        assert torch.equal(qw.codes, second.qweights[name].codes)
+        assert torch.equal(qw.scale, second.qweights[name].scale)
+
+
+def test_best_iteration_is_restored_and_not_use_best_mse_keeps_the_last():
+    """With a learning rate far too large every step makes things worse, so the best parameters
+    are the initial (RTN) ones; --not_use_best_mse keeps the damaged last ones instead."""
+    rtn = run(TuningConfig(iters=0))[1]
+    best = run(TuningConfig(iters=6, batch_size=4, lr=3.0))[1]
+    last = run(TuningConfig(iters=6, batch_size=4, lr=3.0, use_best_mse=False))[1]
+    assert best.blocks[0].best_iter == 0
+    assert torch.equal(best.qweights["layers.0.up"].codes, rtn.qweights["layers.0.up"].codes)
+    assert not torch.equal(last.qweights["layers.0.up"].codes, rtn.qweights["layers.0.up"].codes)
+    assert last.blocks[0].final_loss > best.blocks[0].final_loss
+
+
+def test_quantized_stream_feeds_next_block():
+    """With quantized inputs the second block's RTN loss includes the first block's error."""
+    with_q = run(TuningConfig(iters=1, batch_size=4))[1]
+    without_q = run(TuningConfig(iters=1, batch_size=4, enable_quanted_input=False))[1]
+    assert with_q.blocks[1].rtn_loss > without_q.blocks[1].rtn_loss
+
+
+def test_minmax_disabled_keeps_full_range():
+    config = TuningConfig(iters=5, batch_size=4, enable_minmax_tuning=False)
+    _, result = run(config, scheme=QuantScheme(4, 64))
+    reference = copy.deepcopy(ToyModel().layers[0].up)
+    from auto_round_mllm.quant.tunable import TunableLinear
+
+    scale_full = TunableLinear(reference, QuantScheme(4, 64), enable_minmax_tuning=False).finalize().scale
+    assert torch.equal(result.qweights["layers.0.up"].scale, scale_full)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_cyclic_sampler_visits_every_sample(batch_size):
+    sampler = CyclicBatchSampler([list(range(8)), [8, 9, 10]], batch_size, seed=0)
+    seen = set()
+    for _ in range(20):
+        batch = sampler.next()
+        assert len(batch) <= batch_size
+        assert all(i < 8 for i in batch) or all(i >= 8 for i in batch)  # never mixes shapes
+        seen.update(batch)
+    assert seen == set(range(11))
