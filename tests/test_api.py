@@ -57,3 +57,31 @@ def test_bad_keyword_values_are_user_errors():
 
     with pytest.raises(UserError, match="bits=5"):
         AutoRoundMLLM("unused", bits=5)
+
+
+def test_to_quant_block_names_tunes_a_subset(tiny_qwen2_vl, tmp_path):
+    from auto_round_mllm import AutoRoundMLLM, load_dequantized
+
+    autoround = AutoRoundMLLM(
+        str(tiny_qwen2_vl),
+        iters=2,
+        nsamples=4,
+        seqlen=32,
+        batch_size=2,
+        to_quant_block_names="layers\\.[23]$",
+    )
+    model, layer_config = autoround.quantize()
+    assert sorted({name.split(".mlp")[0].split(".self_attn")[0] for name in layer_config}) == [
+        "model.language_model.layers.2",
+        "model.language_model.layers.3",
+    ]
+    assert [b.name for b in autoround.tuned.blocks] == [
+        "model.language_model.layers.2",
+        "model.language_model.layers.3",
+    ]
+    autoround.save_quantized(tmp_path / "o")
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        actual = load_dequantized(tmp_path / "o", dtype=model.dtype)(input_ids=ids).logits
+    assert torch.equal(expected, actual)

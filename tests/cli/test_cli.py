@@ -103,7 +103,9 @@ def test_model_errors(tmp_path, capsys):
 
 
 def test_hub_id_without_network_fails_fast(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     code, _, err = run_cli(
         ["--model", "Qwen/Qwen2-VL-2B-Instruct", "--output_dir", str(tmp_path / "o")], capsys
     )
@@ -148,3 +150,22 @@ def test_config_without_architectures(tiny_qwen2_vl, tmp_path, capsys):
     )
     assert code == 2 and "no 'architectures' entry" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_hub_id_is_read_from_the_local_cache(tiny_qwen2_vl, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    hub = tmp_path / "hf" / "hub" / "models--tiny-org--tiny-qwen"
+    snapshot = hub / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_qwen2_vl, snapshot)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text(snapshot.name)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    code, out, err = run_cli(
+        ["--model", "tiny-org/tiny-qwen", "--iters", "0", "--output_dir", str(tmp_path / "o"), "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["outputs"]["auto_round"] == str(tmp_path / "o" / "tiny-qwen-w4g128")

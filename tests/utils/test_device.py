@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from auto_round_mllm.errors import UserError
+from auto_round_mllm.utils import device as devices
+from auto_round_mllm.utils.device import choose_precision, resolve_device
+
+
+def test_auto_and_cpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else resolve_device("auto").type
+    assert resolve_device("auto").type == expected
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "gpu0"])
+def test_unknown_specs(spec):
+    with pytest.raises(UserError, match="not understood"):
+        resolve_device(spec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:1", "xpu", "hpu", "0"])
+def test_missing_accelerators_are_user_errors(spec):
+    with pytest.raises(UserError):
+        resolve_device(spec)
+
+
+def test_precision_rules(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert choose_precision(cpu, torch.float32, amp=True).autocast == torch.bfloat16
+    assert choose_precision(cpu, torch.bfloat16, amp=False).autocast is None
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert choose_precision(cpu, torch.bfloat16, amp=True).autocast is None
+    assert choose_precision(gpu, torch.float16, amp=True).autocast == torch.float16
+    assert choose_precision(gpu, torch.bfloat16, amp=True).autocast == torch.bfloat16
+    assert choose_precision(gpu, torch.float32, amp=True).autocast is None
+
+
+def test_autocast_context_runs_in_bf16_on_cpu():
+    precision = devices.Precision(torch.device("cpu"), torch.bfloat16)
+    with precision.context():
+        out = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
+    assert out.dtype == torch.bfloat16 and precision.label == "bfloat16"
