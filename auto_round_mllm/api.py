@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -278,80 +278,36 @@ class AutoRoundMLLM:
     :func:`write_formats`, the functions the CLI runs.
     """
 
+    # auto-round's API keyword -> (the CLI flag it inverts, the inversion)
+    API_ALIASES: ClassVar[dict[str, tuple[str, Any]]] = {
+        "sym": ("asym", lambda v: not v),
+        "amp": ("disable_amp", lambda v: not v),
+        "enable_minmax_tuning": ("disable_minmax_tuning", lambda v: not v),
+        "enable_quanted_input": ("disable_quanted_input", lambda v: not v),
+    }
+
     def __init__(
         self,
         model: Any,
         tokenizer: Any = None,
         processor: Any = None,
         image_processor: Any = None,
-        *,
-        scheme: str = "W4A16",
-        bits: int | None = None,
-        group_size: int | None = None,
-        sym: bool | None = None,
-        asym: bool = False,
-        data_type: str | None = None,
-        iters: int = 200,
-        lr: float | None = None,
-        minmax_lr: float | None = None,
-        nsamples: int = 128,
-        seqlen: int = 2048,
-        batch_size: int = 8,
-        gradient_accumulate_steps: int = 1,
-        seed: int = 42,
-        enable_minmax_tuning: bool = True,
-        disable_minmax_tuning: bool = False,
-        not_use_best_mse: bool = False,
-        enable_quanted_input: bool = True,
-        disable_quanted_input: bool = False,
-        amp: bool = True,
-        disable_amp: bool = False,
-        scale_dtype: str = "fp16",
-        model_dtype: str = "auto",
-        dataset: str | None = None,
-        device: str = "auto",
-        fp_layers: str | tuple[str, ...] = (),
-        to_quant_block_names: str | tuple[str, ...] = (),
-        trust_remote_code: bool = False,
+        **options: Any,
     ) -> None:
-        from auto_round_mllm.config import DataConfig, TuningConfig, resolve_scheme
+        from auto_round_mllm.config import job_from_flags
         from auto_round_mllm.models.family import family_for_model_type
 
-        def as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
-            return (
-                tuple(p.strip() for p in value.split(",") if p.strip())
-                if isinstance(value, str)
-                else tuple(value)
-            )
-
+        flags: dict[str, Any] = {}
+        for key, value in options.items():
+            if key in self.API_ALIASES:  # a switch given both ways is on if either spelling turns it on
+                key, negate = self.API_ALIASES[key]
+                value = flags.get(key, False) or negate(value)
+            flags[key] = value
         is_path = isinstance(model, (str, Path))
-        self.job = QuantJob(
-            model=str(model) if is_path else getattr(model, "name_or_path", "") or type(model).__name__,
-            scheme=resolve_scheme(
-                scheme, bits=bits, group_size=group_size, sym=False if asym else sym, data_type=data_type
-            ),
-            tuning=TuningConfig(
-                iters=iters,
-                lr=lr,
-                minmax_lr=minmax_lr,
-                nsamples=nsamples,
-                seqlen=seqlen,
-                batch_size=batch_size,
-                gradient_accumulate_steps=gradient_accumulate_steps,
-                seed=seed,
-                enable_minmax_tuning=enable_minmax_tuning and not disable_minmax_tuning,
-                use_best_mse=not not_use_best_mse,
-                enable_quanted_input=enable_quanted_input and not disable_quanted_input,
-                amp=amp and not disable_amp,
-                scale_dtype=scale_dtype,
-            ),
-            data=DataConfig(dataset=dataset),
-            device=device,
-            model_dtype=model_dtype,
-            fp_layers=as_tuple(fp_layers),
-            to_quant_block_names=as_tuple(to_quant_block_names),
-            trust_remote_code=trust_remote_code,
-        )
+        name = str(model) if is_path else getattr(model, "name_or_path", "") or type(model).__name__
+        self.job = job_from_flags(model=name, **flags)
+        trust_remote_code = self.job.trust_remote_code
+        model_dtype = self.job.model_dtype
         check_job(self.job)
         if is_path:
             self.loaded = load_model(str(model), model_dtype=model_dtype, trust_remote_code=trust_remote_code)

@@ -231,3 +231,76 @@ class QuantJob:
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def split_list(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """``"a, b"`` or ``("a", "b")`` -> ``("a", "b")``."""
+    if value is None:
+        return ()
+    parts = value.split(",") if isinstance(value, str) else value
+    return tuple(part.strip() for part in parts if part.strip())
+
+
+def job_from_flags(
+    *,
+    model: str,
+    scheme: str = "W4A16",
+    bits: int | None = None,
+    group_size: int | None = None,
+    asym: bool = False,
+    data_type: str | None = None,
+    iters: int = 200,
+    lr: float | None = None,
+    minmax_lr: float | None = None,
+    nsamples: int = 128,
+    seqlen: int = 2048,
+    batch_size: int = 8,
+    gradient_accumulate_steps: int = 1,
+    seed: int = 42,
+    disable_minmax_tuning: bool = False,
+    not_use_best_mse: bool = False,
+    disable_quanted_input: bool = False,
+    disable_amp: bool = False,
+    scale_dtype: str = "fp16",
+    model_dtype: str = "auto",
+    fp_layers: str | tuple[str, ...] = (),
+    to_quant_block_names: str | tuple[str, ...] = (),
+    dataset: str | None = None,
+    device: str = "auto",
+    output_dir: str = "./tmp_autoround",
+    format: str | tuple[str, ...] = "auto_round",
+    max_shard_size: str = "5GB",
+    force: bool = False,
+    trust_remote_code: bool = False,
+) -> QuantJob:
+    """The job for the CLI's flags (same names, same defaults); the Python API maps onto it too."""
+    return QuantJob(
+        model=model,
+        scheme=resolve_scheme(
+            scheme, bits=bits, group_size=group_size, sym=False if asym else None, data_type=data_type
+        ),
+        tuning=TuningConfig(
+            iters=iters,
+            lr=lr,
+            minmax_lr=minmax_lr,
+            nsamples=nsamples,
+            seqlen=seqlen,
+            batch_size=batch_size,
+            gradient_accumulate_steps=gradient_accumulate_steps,
+            seed=seed,
+            enable_minmax_tuning=not disable_minmax_tuning,
+            use_best_mse=not not_use_best_mse,
+            enable_quanted_input=not disable_quanted_input,
+            amp=not disable_amp,
+            scale_dtype=scale_dtype,
+        ),
+        data=DataConfig(dataset=dataset),
+        export=ExportConfig(
+            formats=split_list(format), output_dir=output_dir, force=force, max_shard_size=max_shard_size
+        ),
+        device=device,
+        model_dtype=model_dtype,
+        fp_layers=split_list(fp_layers),
+        to_quant_block_names=split_list(to_quant_block_names),
+        trust_remote_code=trust_remote_code,
+    )

@@ -85,3 +85,15 @@ def test_to_quant_block_names_tunes_a_subset(tiny_qwen2_vl, tmp_path):
         expected = model(input_ids=ids).logits
         actual = load_dequantized(tmp_path / "o", dtype=model.dtype)(input_ids=ids).logits
     assert torch.equal(expected, actual)
+
+
+def test_auto_round_keyword_names_map_onto_flags(tiny_llava):
+    from auto_round_mllm import AutoRoundMLLM
+
+    job = AutoRoundMLLM(
+        str(tiny_llava), sym=False, amp=False, enable_minmax_tuning=False, enable_quanted_input=False, iters=0
+    ).job
+    assert job.scheme.sym is False
+    assert (job.tuning.amp, job.tuning.enable_minmax_tuning, job.tuning.enable_quanted_input) == (False, False, False)
+    with pytest.raises(TypeError, match="no_such_option"):
+        AutoRoundMLLM(str(tiny_llava), no_such_option=1)

@@ -48,10 +48,6 @@ def names(*flags: str) -> list[str]:
     return out
 
 
-def split_list(value: str | None) -> tuple[str, ...]:
-    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
-
-
 @app.callback(invoke_without_command=True)
 def quantize_command(
     ctx: typer.Context,
@@ -177,38 +173,13 @@ def quantize_command(
     if model is None:
         raise UserError("no model given", fix="pass --model PATH_OR_HUB_ID (see auto-round-mllm --help)")
     setup_logging(debug=debug)
-    from auto_round_mllm.config import DataConfig, ExportConfig, QuantJob, TuningConfig, resolve_scheme
+    from auto_round_mllm.config import job_from_flags
 
-    job = QuantJob(
-        model=model,
-        scheme=resolve_scheme(
-            scheme, bits=bits, group_size=group_size, sym=False if asym else None, data_type=data_type
-        ),
-        tuning=TuningConfig(
-            iters=iters,
-            lr=lr,
-            minmax_lr=minmax_lr,
-            nsamples=nsamples,
-            seqlen=seqlen,
-            batch_size=batch_size,
-            gradient_accumulate_steps=gradient_accumulate_steps,
-            seed=seed,
-            enable_minmax_tuning=not disable_minmax_tuning,
-            use_best_mse=not not_use_best_mse,
-            enable_quanted_input=not disable_quanted_input,
-            amp=not disable_amp,
-            scale_dtype=scale_dtype,
-        ),
-        data=DataConfig(dataset=dataset),
-        export=ExportConfig(
-            formats=split_list(format), output_dir=output_dir, force=force, max_shard_size=max_shard_size
-        ),
-        device=device,
-        model_dtype=model_dtype,
-        fp_layers=split_list(fp_layers),
-        to_quant_block_names=split_list(to_quant_block_names),
-        trust_remote_code=trust_remote_code and not disable_trust_remote_code,
-    )
+    flags = dict(ctx.params)
+    for key in ("json_output", "debug", "disable_trust_remote_code"):
+        flags.pop(key)
+    flags["trust_remote_code"] = trust_remote_code and not disable_trust_remote_code
+    job = job_from_flags(**flags)
     run_job(job, json_output=json_output)
 
 
