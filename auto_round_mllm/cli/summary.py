@@ -64,8 +64,7 @@ class RichProgress(ProgressSink):
 
 def render_summary(console: Console, result: QuantResult) -> None:
     groups = sorted({block.name.rsplit(".", 1)[0] for block in result.blocks})
-    title = "auto-round-mllm summary" + (f": blocks of {', '.join(groups)}" if groups else "")
-    table = Table(title=title, title_justify="left")
+    table = Table(title="auto-round-mllm summary", title_justify="left")
     for column, justify in (
         ("block", "left"),
         ("layers", "right"),
@@ -91,6 +90,7 @@ def render_summary(console: Console, result: QuantResult) -> None:
     job = result.job
     method = f"SignRound, {job.tuning.iters} iters" if job.tuning.iters else "RTN"
     lines = [
+        f"blocks      {', '.join(groups)} ({len(result.blocks)} tuned)",
         f"scheme      {job.scheme.label} ({'sym' if job.scheme.sym else 'asym'}), {method}",
         f"layers      {result.quantized_layers} quantized, {len(result.skipped_layers)} kept in 16 bit",
         f"device      {result.device} ({result.precision})",
