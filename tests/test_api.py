@@ -94,6 +94,10 @@ def test_auto_round_keyword_names_map_onto_flags(tiny_llava):
         str(tiny_llava), sym=False, amp=False, enable_minmax_tuning=False, enable_quanted_input=False, iters=0
     ).job
     assert job.scheme.sym is False
-    assert (job.tuning.amp, job.tuning.enable_minmax_tuning, job.tuning.enable_quanted_input) == (False, False, False)
+    assert (job.tuning.amp, job.tuning.enable_minmax_tuning, job.tuning.enable_quanted_input) == (
+        False,
+        False,
+        False,
+    )
     with pytest.raises(TypeError, match="no_such_option"):
         AutoRoundMLLM(str(tiny_llava), no_such_option=1)

@@ -71,38 +71,30 @@ def both_conventions(name_for, module_names: list[str]) -> list[str]:
     return names
 
 
+TUNING_KEYS = (
+    "iters",
+    "nsamples",
+    "seqlen",
+    "batch_size",
+    "gradient_accumulate_steps",
+    "amp",
+    "enable_minmax_tuning",
+    "enable_quanted_input",
+    "scale_dtype",
+)
+
+
 def tuning_settings(tuning: TuningConfig, dataset: str | None) -> dict[str, Any]:
     """Tuning hyper-parameters that differ from auto-round's defaults (auto-round strips defaults)."""
-    defaults = TuningConfig()
-    values = {
-        "iters": tuning.iters,
-        "lr": tuning.effective_lr,
-        "minmax_lr": tuning.effective_minmax_lr,
-        "nsamples": tuning.nsamples,
-        "seqlen": tuning.seqlen,
-        "batch_size": tuning.batch_size,
-        "gradient_accumulate_steps": tuning.gradient_accumulate_steps,
-        "amp": tuning.amp,
-        "enable_minmax_tuning": tuning.enable_minmax_tuning,
-        "enable_quanted_input": tuning.enable_quanted_input,
-        "scale_dtype": tuning.scale_dtype,
-    }
-    default_values = {
-        "iters": defaults.iters,
-        "lr": 1.0 / tuning.iters if tuning.iters else None,
-        "minmax_lr": 1.0 / tuning.iters if tuning.iters else None,
-        "nsamples": defaults.nsamples,
-        "seqlen": defaults.seqlen,
-        "batch_size": defaults.batch_size,
-        "gradient_accumulate_steps": defaults.gradient_accumulate_steps,
-        "amp": defaults.amp,
-        "enable_minmax_tuning": defaults.enable_minmax_tuning,
-        "enable_quanted_input": defaults.enable_quanted_input,
-        "scale_dtype": defaults.scale_dtype,
-    }
-    settings = {k: v for k, v in values.items() if v != default_values[k]}
     if tuning.iters == 0:
-        settings = {"iters": 0}
+        return {"iters": 0}  # round-to-nearest: nothing else was used
+    defaults = TuningConfig()
+    settings: dict[str, Any] = {
+        k: getattr(tuning, k) for k in TUNING_KEYS if getattr(tuning, k) != getattr(defaults, k)
+    }
+    for key, value in (("lr", tuning.effective_lr), ("minmax_lr", tuning.effective_minmax_lr)):
+        if value != 1.0 / tuning.iters:  # auto-round's default for both is 1/iters
+            settings[key] = value
     settings["dataset"] = dataset or "embedded"
     return settings
 
