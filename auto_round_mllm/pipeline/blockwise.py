@@ -104,6 +104,26 @@ def mse(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
     return total / count
 
 
+@dataclass
+class Streams:
+    """The two activation streams entering a block. ``quantized`` is ``full`` itself until a
+    quantized block has run (and always with ``--disable_quanted_input``)."""
+
+    full: BlockInputs
+    quantized: BlockInputs
+
+    def advance(self, full_out: list[torch.Tensor], quantized_out: list[torch.Tensor]) -> Streams:
+        full = self.full.with_hidden(full_out)
+        quantized = full if quantized_out is full_out else self.quantized.with_hidden(quantized_out)
+        return Streams(full, quantized)
+
+
+def blocks_in_forward_order(group: str, group_size: int, block_names: list[str]) -> list[str]:
+    """From the first chosen block to the last; unchosen blocks in between still run."""
+    indices = sorted(int(name.rsplit(".", 1)[1]) for name in block_names)
+    return [f"{group}.{i}" for i in range(indices[0], min(indices[-1] + 1, group_size))]
+
+
 def quantize_blocks(
     model: nn.Module,
     *,
@@ -117,32 +137,23 @@ def quantize_blocks(
     precision: Precision,
     progress: ProgressSink | None = None,
 ) -> BlockwiseResult:
-    """Quantize ``block_names`` (members of the block list ``group``) in forward order.
-
-    Blocks of the group after the first chosen one that are not chosen still run, unquantized,
-    so both streams reach the next chosen block.
-    """
+    """Quantize ``block_names`` (members of the block list ``group``) in forward order."""
     progress = progress or ProgressSink()
     modules = dict(model.named_modules())
-    group_list = modules[group]
-    first = min(int(name.rsplit(".", 1)[1]) for name in block_names)
-    order = [f"{group}.{i}" for i in range(first, len(group_list))]
-    order = order[: max(order.index(name) for name in block_names) + 1]
+    order = blocks_in_forward_order(group, len(modules[group]), block_names)
     chosen = set(block_names)
-    scale_dtype = SCALE_DTYPES[config.scale_dtype]
     result = BlockwiseResult()
-    cache_device = device
 
-    fp_inputs: BlockInputs | None = None
-    q_inputs: BlockInputs | None = None
+    def run_all(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+        return forward_all(block, inputs, device, precision, config.batch_size, device)
+
+    streams: Streams | None = None
     if tuner.needs_data:
         if not samples:
             raise ValueError("the tuner needs calibration samples")
         place_outside_blocks(model, [group], device)
-        fp_inputs = capture_block_inputs(
-            model, modules[order[0]], samples, device=device, cache_device=cache_device
-        )
-        q_inputs = fp_inputs
+        captured = capture_block_inputs(model, modules[order[0]], samples, device=device, cache_device=device)
+        streams = Streams(captured, captured)
 
     progress.start(len(block_names))
     for block_name in order:
@@ -150,19 +161,12 @@ def quantize_blocks(
         started = time.perf_counter()
         devices.reset_peak_memory(device)
         block.to(device)
-        for param in block.parameters():
-            param.requires_grad_(False)
-        targets = None
-        if fp_inputs is not None:
-            targets = forward_all(block, fp_inputs, device, precision, config.batch_size, cache_device)
+        block.requires_grad_(False)
+        targets = run_all(block, streams.full) if streams else None
         if block_name not in chosen:
-            if q_inputs is not None and targets is not None:
-                q_out = (
-                    targets
-                    if q_inputs is fp_inputs
-                    else forward_all(block, q_inputs, device, precision, config.batch_size, cache_device)
-                )
-                fp_inputs, q_inputs = fp_inputs.with_hidden(targets), q_inputs.with_hidden(q_out)
+            if streams is not None and targets is not None:
+                same = streams.quantized is streams.full
+                streams = streams.advance(targets, targets if same else run_all(block, streams.quantized))
             block.to("cpu")
             continue
 
@@ -170,46 +174,37 @@ def quantize_blocks(
             block,
             scheme_lookup(decisions, block_name),
             enable_minmax_tuning=config.enable_minmax_tuning,
-            scale_dtype=scale_dtype,
+            scale_dtype=SCALE_DTYPES[config.scale_dtype],
         )
         report = BlockReport(
             name=block_name,
             quantized_layers=len(wrapped),
             total_layers=sum(1 for d in decisions.values() if d.block == block_name),
         )
-        tune_inputs = q_inputs if config.enable_quanted_input else fp_inputs
         ctx = None
-        if tuner.needs_data and tune_inputs is not None and targets is not None:
-            seed = config.seed + len(result.blocks)
+        if streams is not None and targets is not None:
+            tune_inputs = streams.quantized if config.enable_quanted_input else streams.full
             ctx = TuneContext(
                 inputs=tune_inputs,
                 targets=targets,
                 device=device,
                 precision=precision,
-                seed=seed,
+                seed=config.seed + len(result.blocks),
                 on_step=progress.step,
             )
             if wrapped:
-                rtn_out = forward_all(block, tune_inputs, device, precision, config.batch_size, cache_device)
-                report.rtn_loss = mse(rtn_out, targets)
-                del rtn_out
+                report.rtn_loss = mse(run_all(block, tune_inputs), targets)
         if wrapped:
             outcome = tuner.tune_block(block, wrapped, ctx)
-            report.first_loss, report.best_loss, report.best_iter = (
-                outcome.first_loss,
-                outcome.best_loss,
-                outcome.best_iter,
-            )
+            report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss
+            report.best_iter = outcome.best_iter
         qweights = unwrap_linears(block, wrapped, write_back=True)
         result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
+        if ctx is not None and streams is not None and targets is not None:
+            quantized_out = run_all(block, ctx.inputs)
+            report.final_loss = mse(quantized_out, targets)
+            streams = streams.advance(targets, quantized_out if config.enable_quanted_input else targets)
 
-        if ctx is not None and tune_inputs is not None and targets is not None:
-            q_out = forward_all(block, tune_inputs, device, precision, config.batch_size, cache_device)
-            report.final_loss = mse(q_out, targets)
-            q_inputs = tune_inputs.with_hidden(q_out) if config.enable_quanted_input else None
-            fp_inputs = fp_inputs.with_hidden(targets)  # type: ignore[union-attr]
-            if q_inputs is None:
-                q_inputs = fp_inputs
         devices.synchronize(device)
         report.seconds = time.perf_counter() - started
         report.peak_device_gb = devices.peak_memory_gb(device)
