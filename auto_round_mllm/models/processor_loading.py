@@ -18,6 +18,7 @@ torchvision too; without that file it would not.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from dataclasses import dataclass
@@ -136,9 +137,7 @@ def _processor_class(source: str, *, trust_remote_code: bool) -> type | None:
         return None
 
 
-_IMAGE_ONLY: dict[type, type] = {}
-
-
+@functools.cache
 def image_only_processor_class(base: type) -> type:
     """``base`` (a ProcessorMixin subclass) without its ``video_processor`` argument.
 
@@ -147,8 +146,6 @@ def image_only_processor_class(base: type) -> type:
     chat template, ``to_dict``) is ``base``'s own code. The class keeps ``base``'s name, so saved
     files name the real processor.
     """
-    if base in _IMAGE_ONLY:
-        return _IMAGE_ONLY[base]
     signature = inspect.signature(base.__init__)
     if "video_processor" not in signature.parameters:
         return base
@@ -191,7 +188,6 @@ def image_only_processor_class(base: type) -> type:
             "__doc__": f"{base.__name__} without a video processor (assembled by auto_round_mllm).",
         },
     )
-    _IMAGE_ONLY[base] = cls
     return cls
 
 

@@ -66,6 +66,12 @@ def _unit_or(t: Tensor | None, like: Tensor) -> Tensor:
     return t.clamp(0, 1)
 
 
+def group_range(groups: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-group ``(wmin, wmax)`` widened to include zero; constant while tuning, so computed once."""
+    groups = groups.float()
+    return groups.amin(dim=-1).clamp(max=0), groups.amax(dim=-1).clamp(min=0)
+
+
 def qparams(
     groups: Tensor,
     bits: int,
@@ -80,9 +86,22 @@ def qparams(
     ``max_scale`` multipliers, which is how SignRound tunes clipping. Returns ``scale`` in ``scale_dtype``
     (the dtype it will be stored in, so tuning sees the stored rounding) and ``zp`` as fp32.
     """
-    groups = groups.float()
-    wmin = groups.amin(dim=-1).clamp(max=0) * _unit_or(min_scale, groups)
-    wmax = groups.amax(dim=-1).clamp(min=0) * _unit_or(max_scale, groups)
+    wmin, wmax = group_range(groups)
+    return qparams_from_range(wmin, wmax, bits, sym, min_scale, max_scale, scale_dtype)
+
+
+def qparams_from_range(
+    wmin: Tensor,
+    wmax: Tensor,
+    bits: int,
+    sym: bool,
+    min_scale: Tensor | None = None,
+    max_scale: Tensor | None = None,
+    scale_dtype: torch.dtype = torch.float16,
+) -> tuple[Tensor, Tensor]:
+    """:func:`qparams` for a precomputed :func:`group_range`."""
+    wmin = wmin * _unit_or(min_scale, wmin)
+    wmax = wmax * _unit_or(max_scale, wmax)
     eps = scale_eps(scale_dtype)
     if sym:
         return _sym_qparams(wmin, wmax, bits, eps, scale_dtype)

@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from auto_round_mllm.config import QuantScheme
-from auto_round_mllm.quant.ops import fake_quant, from_codes, from_groups, qparams, to_codes, to_groups
+from auto_round_mllm.quant.ops import (
+    fake_quant,
+    from_codes,
+    from_groups,
+    group_range,
+    qparams_from_range,
+    to_codes,
+    to_groups,
+)
 
 
 @dataclass
@@ -78,6 +86,9 @@ class TunableLinear(nn.Module):
 
         groups = to_groups(layer.weight.detach().float(), self.group_size).clone()
         self.register_buffer("weight_groups", groups, persistent=False)
+        wmin, wmax = group_range(groups)
+        self.register_buffer("wmin", wmin, persistent=False)
+        self.register_buffer("wmax", wmax, persistent=False)
         rows, device = groups.shape[0], groups.device
         self.v = nn.Parameter(torch.zeros_like(groups))
         ones = torch.ones(rows, dtype=torch.float32, device=device)
@@ -97,8 +108,9 @@ class TunableLinear(nn.Module):
         return self.layer.in_features
 
     def _qparams(self) -> tuple[Tensor, Tensor]:
-        return qparams(
-            self.weight_groups,
+        return qparams_from_range(
+            self.wmin,
+            self.wmax,
             self.bits,
             self.sym,
             self.min_scale.clamp(0, 1),
