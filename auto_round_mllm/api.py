@@ -19,6 +19,7 @@ import torch
 from auto_round_mllm.config import QuantJob
 from auto_round_mllm.data.calib_set import CalibrationSet, build_text_calibration
 from auto_round_mllm.data.sources import load_texts
+from auto_round_mllm.errors import UserError
 from auto_round_mllm.export import EXPORTERS, ExportInput
 from auto_round_mllm.export.writer import atomic_output, check_output_dir, write_json
 from auto_round_mllm.models.family import select_blocks
@@ -112,7 +113,10 @@ def tune(
     block_names = select_blocks(model, loaded.family, job.to_quant_block_names)
     groups = sorted({name.rsplit(".", 1)[0] for name in block_names})
     if len(groups) > 1:
-        raise_multi_group(groups)
+        raise UserError(
+            f"--to_quant_block_names selects blocks from several block lists ({', '.join(groups)})",
+            fix="select blocks of the text decoder only",
+        )
     exporters = [EXPORTERS.get(fmt) for fmt in job.export.formats]
     decisions = plan_layers(
         model,
@@ -173,15 +177,6 @@ def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
     for param in model.parameters():
         if param.is_floating_point() and param.dtype != dtype:
             param.data = param.data.to(dtype)
-
-
-def raise_multi_group(groups: list[str]) -> None:
-    from auto_round_mllm.errors import UserError
-
-    raise UserError(
-        f"--to_quant_block_names selects blocks from several block lists ({', '.join(groups)})",
-        fix="select blocks of the text decoder only; vision blocks come with --quant_nontext_module",
-    )
 
 
 def write_formats(
@@ -315,7 +310,10 @@ class AutoRoundMLLM:
             if tokenizer is None:
                 tokenizer = getattr(processor, "tokenizer", None)
             if tokenizer is None:
-                raise_no_tokenizer()
+                raise UserError(
+                    "AutoRoundMLLM needs a tokenizer with a loaded model",
+                    fix="pass tokenizer= (or a processor that has one)",
+                )
             source = Path(getattr(model, "name_or_path", "") or ".")
             self.loaded = LoadedModel(
                 model=model,
@@ -363,12 +361,3 @@ class AutoRoundMLLM:
         result = summarize(job, self.tuned)
         write_formats(self.tuned, job, dirs, result.to_dict())
         return self.model
-
-
-def raise_no_tokenizer() -> None:
-    from auto_round_mllm.errors import UserError
-
-    raise UserError(
-        "AutoRoundMLLM needs a tokenizer with a loaded model",
-        fix="pass tokenizer= (or a processor that has one)",
-    )

@@ -76,6 +76,8 @@ def test_list_schemes_and_formats(capsys):
         (["--device", "cuda:0"], "not available on this machine"),
         (["--dataset", "missing.jsonl"], "dataset file missing.jsonl does not exist"),
         (["--dataset", "org/some-dataset"], "hub dataset"),
+        (["--to_quant_block_names", "nothing_like_this"], "matches no block"),
+        (["--to_quant_block_names", "visual,language"], "several block lists"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_and_leave_nothing(
