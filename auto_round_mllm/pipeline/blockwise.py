@@ -199,7 +199,7 @@ def quantize_blocks(
             report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss
             report.best_iter = outcome.best_iter
         qweights = unwrap_linears(block, wrapped, write_back=True)
-        result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
+        result.qweights.update({f"{block_name}.{rel}": qw.to("cpu") for rel, qw in qweights.items()})
         if ctx is not None and streams is not None and targets is not None:
             quantized_out = run_all(block, ctx.inputs)
             report.final_loss = mse(quantized_out, targets)

@@ -9,6 +9,7 @@ dequantize to exactly what the tuned block computed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -50,6 +51,16 @@ class QuantizedWeight:
     @property
     def in_features(self) -> int:
         return int(self.codes.shape[1])
+
+    def to(self, device: torch.device | str) -> QuantizedWeight:
+        """A copy on ``device`` (tuned on an accelerator, kept on the host until export)."""
+        return dataclasses.replace(
+            self,
+            codes=self.codes.to(device),
+            scale=self.scale.to(device),
+            zp=self.zp.to(device),
+            bias=None if self.bias is None else self.bias.to(device),
+        )
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The weight ``[out, in]`` these codes stand for (bit-exact with the tuned fake-quant in fp32)."""
