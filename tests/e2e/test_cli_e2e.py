@@ -80,3 +80,37 @@ def test_python_module_entry_point_reports_errors(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and "does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_every_tuning_flag_reaches_the_checkpoint(tiny_llava, tmp_path, capsys):
+    args = [
+        "--model", str(tiny_llava), *SMALL, "--output-dir", str(tmp_path), "--json",
+        "--model_dtype", "fp32", "--disable_amp", "--disable_minmax_tuning", "--not_use_best_mse",
+        "--disable_quanted_input", "--scale_dtype", "bf16", "--fp_layers", "o_proj",
+        "--gradient_accumulate_steps", "2", "--lr", "0.01", "--minmax_lr", "0.005", "--seed", "7",
+        "--max_shard_size", "4MB", "--disable_trust_remote_code",
+    ]  # fmt: skip
+    code, out, err = run_in_process(args, capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["precision"] == "float32"
+    assert summary["quantized_layers"] == 24 and len(summary["skipped_layers"]) == 4
+    tuning = summary["job"]["tuning"]
+    assert (tuning["amp"], tuning["enable_minmax_tuning"], tuning["use_best_mse"]) == (False, False, False)
+    assert (tuning["enable_quanted_input"], tuning["scale_dtype"], tuning["seed"]) == (False, "bfloat16", 7)
+    folder = tmp_path / f"{tiny_llava.name}-w4g128"
+    config = json.loads((folder / "config.json").read_text())
+    quant = config["quantization_config"]
+    assert config["dtype"] == "float32"
+    assert quant["lr"] == 0.01 and quant["minmax_lr"] == 0.005 and quant["gradient_accumulate_steps"] == 2
+    assert (
+        quant["amp"] is False
+        and quant["enable_minmax_tuning"] is False
+        and quant["scale_dtype"] == "bfloat16"
+    )
+    assert quant["extra_config"]["language_model.model.layers.0.self_attn.o_proj"] == {
+        "bits": 16,
+        "data_type": "float",
+    }
+    assert len(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]) > 0
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
