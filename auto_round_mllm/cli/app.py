@@ -34,6 +34,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     pretty_exceptions_enable=False,
     add_completion=False,
+    no_args_is_help=True,
     rich_markup_mode=None,
 )
 
@@ -237,7 +238,10 @@ def setup_logging(*, debug: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line and exit code 2."""
-    import click
+    try:  # recent typer vendors click; older releases use the click package
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click import ClickException
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
@@ -248,12 +252,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         Console(stderr=True).print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
-    except click.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
+    except typer.Abort:
         Console(stderr=True).print("[bold red]aborted[/]")
         raise SystemExit(130) from None
     except KeyboardInterrupt:

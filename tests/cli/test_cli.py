@@ -171,3 +171,10 @@ def test_hub_id_is_read_from_the_local_cache(tiny_qwen2_vl, tmp_path, capsys, mo
     )
     assert code == 0, err
     assert json.loads(out)["outputs"]["auto_round"] == str(tmp_path / "o" / "tiny-qwen-w4g128")
+
+
+def test_no_arguments_shows_help_and_unknown_flags_exit_2(capsys):
+    code, out, err = run_cli([], capsys)
+    assert code == 2 and "Usage: auto-round-mllm" in out + err and "--group_size" in out + err
+    code, _, err = run_cli(["--model", "x", "--bogus"], capsys)
+    assert code == 2 and "No such option: --bogus" in err
