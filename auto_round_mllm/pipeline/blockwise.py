@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from auto_round_mllm.config import TuningConfig
@@ -95,13 +94,19 @@ def forward_all(
     return outputs  # type: ignore[return-value]
 
 
-def mse(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
-    total = sum(
-        F.mse_loss(o.float(), t.float(), reduction="sum").item()
-        for o, t in zip(outputs, targets, strict=True)
-    )
-    count = sum(t.numel() for t in targets)
-    return total / count
+def mse(outputs: list[torch.Tensor], targets: list[torch.Tensor], inputs: BlockInputs) -> float:
+    """MSE over every calibration sample's unmasked positions (the figure the report shows)."""
+    total, count = 0.0, 0.0
+    for index, (out, target) in enumerate(zip(outputs, targets, strict=True)):
+        squared = (out.float() - target.float()).pow(2)
+        mask = inputs.masks[index] if inputs.masks else None
+        if mask is not None:
+            squared = squared * mask.to(squared.device).unsqueeze(-1)
+            count += float(mask.sum()) * out.shape[-1]
+        else:
+            count += out.numel()
+        total += float(squared.sum())
+    return total / max(count, 1.0)
 
 
 @dataclass
@@ -193,7 +198,7 @@ def quantize_blocks(
                 on_step=progress.step,
             )
             if wrapped:
-                report.rtn_loss = mse(run_all(block, tune_inputs), targets)
+                report.rtn_loss = mse(run_all(block, tune_inputs), targets, tune_inputs)
         if wrapped:
             outcome = tuner.tune_block(block, wrapped, ctx)
             report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss
@@ -202,7 +207,7 @@ def quantize_blocks(
         result.qweights.update({f"{block_name}.{rel}": qw.to("cpu") for rel, qw in qweights.items()})
         if ctx is not None and streams is not None and targets is not None:
             quantized_out = run_all(block, ctx.inputs)
-            report.final_loss = mse(quantized_out, targets)
+            report.final_loss = mse(quantized_out, targets, ctx.inputs)
             streams = streams.advance(targets, quantized_out if config.enable_quanted_input else targets)
 
         devices.synchronize(device)

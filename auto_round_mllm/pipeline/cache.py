@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 
 def _batch_dim(tensor: torch.Tensor) -> int | None:
@@ -35,6 +36,15 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return False
     return a == b
+
+
+def _signature(value: Any) -> Any:
+    """What must agree between samples for their values to be concatenated."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype)
+    if isinstance(value, (tuple, list)):
+        return tuple(_signature(v) for v in value)
+    return type(value).__name__
 
 
 def _expand(value: Any, batch: int) -> Any:
@@ -77,15 +87,24 @@ def move(value: Any, device: torch.device | str) -> Any:
 
 @dataclass
 class BlockInputs:
-    """The inputs of one block for every calibration sample."""
+    """The inputs of one block for every calibration sample.
+
+    ``masks`` holds, per sample, a ``[1, L]`` 0/1 tensor of the positions that count in the loss
+    (padding excluded), or None when every position counts.
+    """
 
     hidden: list[torch.Tensor]
     args: tuple = ()
     shared: dict[str, Any] = field(default_factory=dict)
     per_sample: list[dict[str, Any]] = field(default_factory=list)
+    masks: list[torch.Tensor | None] = field(default_factory=list)
 
     @classmethod
-    def from_captures(cls, captures: list[tuple[torch.Tensor, tuple, dict[str, Any]]]) -> BlockInputs:
+    def from_captures(
+        cls,
+        captures: list[tuple[torch.Tensor, tuple, dict[str, Any]]],
+        masks: list[torch.Tensor | None] | None = None,
+    ) -> BlockInputs:
         """Split captured (hidden, args, kwargs) into shared and per-sample parts."""
         if not captures:
             raise ValueError("no block inputs were captured")
@@ -101,20 +120,32 @@ class BlockInputs:
             else:
                 varying.append(key)
         per_sample = [{key: c[2][key] for key in varying} for c in captures]
-        return cls(hidden=hidden, args=args, shared=shared, per_sample=per_sample)
+        return cls(
+            hidden=hidden,
+            args=args,
+            shared=shared,
+            per_sample=per_sample,
+            masks=masks or [None] * len(hidden),
+        )
 
     def __len__(self) -> int:
         return len(self.hidden)
 
     def with_hidden(self, hidden: list[torch.Tensor]) -> BlockInputs:
         """Same keyword arguments, new hidden states: the inputs of the next block."""
-        return BlockInputs(hidden=hidden, args=self.args, shared=self.shared, per_sample=self.per_sample)
+        return BlockInputs(
+            hidden=hidden, args=self.args, shared=self.shared, per_sample=self.per_sample, masks=self.masks
+        )
 
     def shape_buckets(self) -> list[list[int]]:
-        """Sample indices grouped by hidden-state shape: only same-shape samples share a batch."""
-        buckets: dict[tuple[int, ...], list[int]] = {}
+        """Sample indices grouped so that a batch can be built from any subset of a group: same
+        hidden shape, and per-sample arguments of the same shapes (a padded sample's attention mask
+        cannot be concatenated with an unpadded sample's ``None``)."""
+        buckets: dict[tuple, list[int]] = {}
         for index, tensor in enumerate(self.hidden):
-            buckets.setdefault(tuple(tensor.shape), []).append(index)
+            kwargs = self.per_sample[index] if self.per_sample else {}
+            key = (tuple(tensor.shape), tuple((name, _signature(kwargs[name])) for name in sorted(kwargs)))
+            buckets.setdefault(key, []).append(index)
         return list(buckets.values())
 
     def batch(
@@ -127,6 +158,29 @@ class BlockInputs:
             for key in self.per_sample[0]:
                 kwargs[key] = move(_concat([self.per_sample[i][key] for i in indices]), device)
         return hidden, move(self.args, device), kwargs
+
+    def loss_mask(self, indices: Sequence[int], device: torch.device) -> torch.Tensor | None:
+        """``[B, L]`` loss weights for a batch, or None when no sample in it has padding."""
+        chosen = [self.masks[i] if self.masks else None for i in indices]
+        if all(mask is None for mask in chosen):
+            return None
+        full = [
+            torch.ones(self.hidden[i].shape[:2], dtype=torch.float32) if mask is None else mask.float()
+            for i, mask in zip(indices, chosen, strict=True)
+        ]
+        return torch.cat(full, dim=0).to(device, non_blocking=True)
+
+
+def masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over the positions ``mask`` keeps (all of them when it is None), in fp32.
+
+    Padding positions compute garbage that must not steer the rounding; auto-round has no such
+    mask for multimodal calibration.
+    """
+    if mask is None:
+        return F.mse_loss(output.float(), target.float())
+    squared = (output.float() - target.float()).pow(2) * mask.unsqueeze(-1)
+    return squared.sum() / (mask.sum() * output.shape[-1]).clamp(min=1)
 
 
 def run_block(

@@ -32,6 +32,7 @@ def capture_block_inputs(
     cache_device: torch.device,
 ) -> BlockInputs:
     captures: list[tuple[torch.Tensor, tuple, dict[str, Any]]] = []
+    masks: list[torch.Tensor | None] = []
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         kwargs = dict(kwargs)
@@ -56,6 +57,7 @@ def capture_block_inputs(
                 try:
                     model(**inputs, use_cache=False)
                 except StopForward:
+                    masks.append(loss_mask(sample.get("attention_mask"), captures[-1][0], cache_device))
                     continue
                 raise RuntimeError(
                     f"the model's forward never reached block {type(block).__name__}; "
@@ -63,4 +65,16 @@ def capture_block_inputs(
                 )
     finally:
         handle.remove()
-    return BlockInputs.from_captures(captures)
+    return BlockInputs.from_captures(captures, masks)
+
+
+def loss_mask(
+    attention_mask: torch.Tensor | None, hidden: torch.Tensor, device: torch.device
+) -> torch.Tensor | None:
+    """The sample's padding mask as loss weights, when it has padding and lines up with the block's
+    sequence positions (it does for decoder-only VLMs: image tokens sit in the text sequence)."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    if tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+        return None
+    return attention_mask.to(device=device, dtype=torch.float32)

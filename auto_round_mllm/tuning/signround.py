@@ -12,11 +12,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from auto_round_mllm.config import TuningConfig
-from auto_round_mllm.pipeline.cache import run_block
+from auto_round_mllm.pipeline.cache import masked_mse, run_block
 from auto_round_mllm.quant.tunable import TunableLinear
 from auto_round_mllm.tuning.base import TuneContext, TuneOutcome, register_tuner
 
@@ -82,7 +81,8 @@ class SignRoundTuner:
                 target = torch.cat([ctx.targets[i] for i in indices]).to(ctx.device, non_blocking=True)
                 with ctx.precision.context():
                     output = run_block(block, hidden, args, kwargs)
-                loss = F.mse_loss(output.float(), target.float()) / cfg.gradient_accumulate_steps
+                mask = ctx.inputs.loss_mask(indices, ctx.device)
+                loss = masked_mse(output, target, mask) / cfg.gradient_accumulate_steps
                 loss.backward()
                 step_loss += loss.detach()
             value = float(step_loss)

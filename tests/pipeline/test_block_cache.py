@@ -53,3 +53,25 @@ def test_run_block_unwraps_tuples():
 
     out = run_block(TupleBlock(), torch.ones(1, 2), (), {"scale": 3.0})
     assert torch.equal(out, torch.full((1, 2), 3.0))
+
+
+def test_masked_mse_ignores_padding():
+    from auto_round_mllm.pipeline.cache import masked_mse
+
+    out, target = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    assert torch.allclose(masked_mse(out, target, None), torch.nn.functional.mse_loss(out, target))
+    mask = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1]])
+    noisy = target.clone()
+    noisy[0, 2:] += 1000  # garbage at padded positions
+    assert torch.allclose(masked_mse(out, target, mask), masked_mse(out, noisy, mask))
+    expected = ((out - target).pow(2)[mask.bool()]).mean()
+    assert torch.allclose(masked_mse(out, target, mask), expected)
+
+
+def test_loss_mask_batches_padded_and_unpadded_samples():
+    captures = [capture(0), capture(1)]
+    inputs = BlockInputs.from_captures(captures, [torch.tensor([[1.0, 1, 1, 0, 0]]), None])
+    assert inputs.loss_mask([1], torch.device("cpu")) is None
+    mask = inputs.loss_mask([0, 1], torch.device("cpu"))
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert inputs.with_hidden(inputs.hidden).masks is inputs.masks

@@ -80,3 +80,17 @@ def test_same_length_samples_batch_like_single_ones(family, tiny_models):
             hidden, args, kwargs = inputs.batch([index], CPU)
             single = run_block(block, hidden.float(), args, kwargs)
             torch.testing.assert_close(batched[row], single[0], atol=1e-5, rtol=1e-4)
+
+
+def test_padded_samples_carry_their_loss_mask(tiny_qwen2_vl):
+    loaded = load_model(str(tiny_qwen2_vl))
+    model = loaded.model
+    block = model.model.language_model.layers[0]
+    ids = torch.randint(0, 1900, (1, 12), generator=torch.Generator().manual_seed(2))
+    padded = {"input_ids": ids, "attention_mask": torch.tensor([[1] * 9 + [0] * 3])}
+    full = {"input_ids": ids, "attention_mask": torch.ones(1, 12, dtype=torch.long)}
+    inputs = capture_block_inputs(model, block, [padded, full], device=CPU, cache_device=CPU)
+    assert inputs.masks[0].tolist() == [[1.0] * 9 + [0.0] * 3]
+    assert inputs.masks[1] is None
+    # a padded sample's 4D attention mask cannot share a batch with an unpadded sample's None
+    assert sorted(inputs.shape_buckets()) == [[0], [1]]
