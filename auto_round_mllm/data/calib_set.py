@@ -1,9 +1,12 @@
-"""Turn calibration texts into model inputs.
+"""Turn calibration samples into model inputs: selection, packing, padding and masks.
 
-Texts are tokenized, joined with the end-of-text token in a seeded order and cut into samples of
-exactly ``seqlen`` tokens. Unlike auto-round, short texts are never dropped (they are joined), so a
-small local file still calibrates; when the corpus holds fewer than ``nsamples x seqlen`` tokens,
-fewer samples are used and the report says so.
+Plain texts are tokenized, joined with the end-of-text token in a seeded order and cut into samples
+of exactly ``seqlen`` tokens: unlike auto-round, short texts are never dropped (they are joined), so
+a small local file still calibrates. Conversations (with or without images) become one sample each,
+right-padded to ``seqlen`` with an attention mask of zeros, so samples of one image size share a
+batch and the padding never enters the loss (the mask travels to the tuner). A conversation with
+images that is longer than ``seqlen`` is kept whole: cutting it would cut image tokens. When the
+source holds fewer than ``nsamples`` samples' worth, fewer are used and the notes say so.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from auto_round_mllm.data.processors import CalibrationProcessor, SampleError
+from auto_round_mllm.data.sample import Sample, SourceSamples
 from auto_round_mllm.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,8 @@ class CalibrationSet:
     seqlen: int
     requested: int
     notes: list[str] = field(default_factory=list)
+    image_samples: int = 0
+    skipped: int = 0
 
     @property
     def used(self) -> int:
@@ -33,7 +40,8 @@ class CalibrationSet:
 
     @property
     def tokens(self) -> int:
-        return sum(int(s["input_ids"].numel()) for s in self.samples)
+        """Real (unpadded) tokens over all samples."""
+        return sum(int(s["attention_mask"].sum()) for s in self.samples)
 
 
 def _separator_ids(tokenizer) -> list[int]:
@@ -44,38 +52,118 @@ def _separator_ids(tokenizer) -> list[int]:
     return []
 
 
+def _pad_id(tokenizer) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def pad_to(inputs: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad every ``[1, L]`` sequence tensor to ``length`` (ids with ``pad_id``, the rest with 0)."""
+    current = inputs["input_ids"].shape[1]
+    if current >= length:
+        return inputs
+    if "attention_mask" not in inputs:
+        inputs = {**inputs, "attention_mask": torch.ones_like(inputs["input_ids"])}
+    padded = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == (1, current):
+            fill = pad_id if key == "input_ids" else 0
+            value = torch.cat([value, value.new_full((1, length - current), fill)], dim=1)
+        padded[key] = value
+    return padded
+
+
+class _TextPacker:
+    """Joins text token streams and emits full ``seqlen`` chunks."""
+
+    def __init__(self, tokenizer, seqlen: int) -> None:
+        self.tokenizer = tokenizer
+        self.seqlen = seqlen
+        self.stream: list[int] = []
+        self.separator = _separator_ids(tokenizer)
+
+    def add(self, text: str) -> list[dict[str, torch.Tensor]]:
+        self.stream.extend(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        self.stream.extend(self.separator)
+        chunks = []
+        while len(self.stream) >= self.seqlen:
+            ids = torch.tensor([self.stream[: self.seqlen]], dtype=torch.long)
+            chunks.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+            del self.stream[: self.seqlen]
+        return chunks
+
+
+def build_calibration_set(
+    source: SourceSamples,
+    processor: CalibrationProcessor,
+    *,
+    seqlen: int,
+    nsamples: int,
+    seed: int,
+) -> CalibrationSet:
+    """Up to ``nsamples`` model-input dicts from ``source``, walked in a seeded order."""
+    order = list(range(len(source.samples)))
+    random.Random(seed).shuffle(order)
+    tokenizer = processor.tokenizer
+    packer = _TextPacker(tokenizer, seqlen)
+    pad_id = _pad_id(tokenizer)
+    samples: list[dict[str, torch.Tensor]] = []
+    image_samples = skipped = 0
+    reasons: dict[str, int] = {}
+    for index in order:
+        if len(samples) >= nsamples:
+            break
+        sample: Sample = source.samples[index]
+        if sample.messages is None and not processor.needs_images:
+            samples.extend(packer.add(sample.text or "")[: nsamples - len(samples)])
+            continue
+        try:
+            inputs = processor.encode(sample, seqlen=seqlen)
+        except SampleError as exc:
+            skipped += 1
+            reasons[str(exc)] = reasons.get(str(exc), 0) + 1
+            continue
+        image_samples += int("pixel_values" in inputs)
+        samples.append(pad_to(inputs, seqlen, pad_id))
+    notes = list(source.notes)
+    if skipped:
+        worst = max(reasons, key=reasons.__getitem__)
+        notes.append(f"{skipped} samples of {source.label} were skipped (most often: {worst})")
+    if not samples and packer.stream:
+        ids = torch.tensor([packer.stream], dtype=torch.long)
+        samples.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        notes.append(f"{source.label} holds only {ids.shape[1]} tokens; using one sample of that length")
+    if not samples:
+        raise DatasetError(
+            f"calibration source {source.label} gave no usable sample",
+            fix="use a dataset with text (or, for this model, images) in it",
+        )
+    if len(samples) < nsamples:
+        notes.append(
+            f"{source.label} gave {len(samples)} samples of up to {seqlen} tokens instead of {nsamples}"
+        )
+    for note in notes[len(source.notes) :]:
+        log.warning(note)
+    return CalibrationSet(
+        samples=samples,
+        source=source.label,
+        seqlen=max(sample["input_ids"].shape[1] for sample in samples),
+        requested=nsamples,
+        notes=notes,
+        image_samples=image_samples,
+        skipped=skipped,
+    )
+
+
 def build_text_calibration(
     texts: list[str], tokenizer, *, source: str, seqlen: int, nsamples: int, seed: int
 ) -> CalibrationSet:
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    separator = _separator_ids(tokenizer)
-    needed = seqlen * nsamples
-    stream: list[int] = []
-    for index in order:
-        stream.extend(tokenizer(texts[index], add_special_tokens=False)["input_ids"])
-        stream.extend(separator)
-        if len(stream) >= needed:
-            break
-    notes: list[str] = []
-    count = min(nsamples, len(stream) // seqlen)
-    if count == 0:
-        if not stream:
-            raise DatasetError(
-                f"calibration source {source} gave no tokens", fix="use a dataset with text in it"
-            )
-        notes.append(
-            f"{source} holds only {len(stream)} tokens; using one sample of that length instead of {seqlen}"
-        )
-        seqlen, count = len(stream), 1
-    elif count < nsamples:
-        notes.append(
-            f"{source} holds {len(stream)} tokens: {count} samples of {seqlen} tokens instead of {nsamples}"
-        )
-    for note in notes:
-        log.warning(note)
-    samples = []
-    for i in range(count):
-        ids = torch.tensor(stream[i * seqlen : (i + 1) * seqlen], dtype=torch.long).unsqueeze(0)
-        samples.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-    return CalibrationSet(samples=samples, source=source, seqlen=seqlen, requested=nsamples, notes=notes)
+    """Plain texts through the tokenizer only (the text-only path, and a convenience for tests)."""
+    from auto_round_mllm.data.processors import TextProcessor
+
+    processor = TextProcessor(tokenizer=tokenizer)
+    samples = SourceSamples(label=source, samples=[Sample(text=t) for t in texts])
+    return build_calibration_set(samples, processor, seqlen=seqlen, nsamples=nsamples, seed=seed)

@@ -12,7 +12,13 @@ from pathlib import Path
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLES = ("system", "user", "assistant", "function", "observation")
-ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "tool": "observation"}
+ROLE_ALIASES = {
+    "human": "user",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "tool": "observation",
+}
 
 
 @dataclass

@@ -77,6 +77,6 @@ def test_small_corpus_gives_fewer_samples_and_says_so():
         ["x" * 50], CharTokenizer(), source="small", seqlen=16, nsamples=10, seed=0
     )
     assert calib.used == 3 and calib.requested == 10
-    assert "3 samples of 16 tokens instead of 10" in calib.notes[0]
+    assert "gave 3 samples of up to 16 tokens instead of 10" in calib.notes[0]
     tiny = build_text_calibration(["xyz"], CharTokenizer(), source="tiny", seqlen=16, nsamples=2, seed=0)
     assert tiny.used == 1 and tiny.seqlen == 4 and "only 4 tokens" in tiny.notes[0]
