@@ -91,11 +91,11 @@ PROCESSORS: Registry[type[CalibrationProcessor]] = Registry("processor")
 
 
 def register_processor(
-    name: str, *, aliases: tuple[str, ...] = ()
+    name: str, *, aliases: tuple[str, ...] = (), replace: bool = False
 ) -> Callable[[type[CalibrationProcessor]], type[CalibrationProcessor]]:
     def decorator(cls: type[CalibrationProcessor]) -> type[CalibrationProcessor]:
         cls.name = name
-        return PROCESSORS.add(name, cls, aliases=aliases)
+        return PROCESSORS.add(name, cls, aliases=aliases, replace=replace)
 
     return decorator
 

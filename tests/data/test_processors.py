@@ -1,0 +1,122 @@
+"""Processors turn samples into model inputs the real (tiny) models accept; calibration sets pad
+conversations and keep their masks."""
+
+import pytest
+import torch
+from PIL import Image
+
+from auto_round_mllm.data.calib_set import build_calibration_set
+from auto_round_mllm.data.processors import (
+    PROCESSORS,
+    CalibrationProcessor,
+    SampleError,
+    TextProcessor,
+    processor_for,
+    register_processor,
+)
+from auto_round_mllm.data.sample import Sample, SourceSamples
+from auto_round_mllm.data.templates import resolve_template
+from auto_round_mllm.models.loading import load_model
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "gradient.png"
+    Image.linear_gradient("L").resize((56, 56)).convert("RGB").save(path)
+    return path
+
+
+def conversation(picture):
+    return Sample(
+        messages=[
+            {"role": "human", "content": "<image>\nWhat is shown here?"},
+            {"role": "gpt", "content": "A grey gradient from black to white."},
+        ],
+        images=[picture],
+    )
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_image_conversations_become_inputs_the_model_accepts(family, tiny_models, picture):
+    loaded = load_model(str(tiny_models[family]))
+    template, _ = resolve_template(None, loaded.model_type)
+    processor = processor_for(template.processor, loaded, template)
+    inputs = processor.encode(conversation(picture), seqlen=512)
+    assert "pixel_values" in inputs and inputs["input_ids"].shape[0] == 1
+    if family == "qwen2_vl":
+        assert "image_grid_thw" in inputs and int(inputs["mm_token_type_ids"].sum()) > 0
+    with torch.no_grad():
+        logits = loaded.model(**inputs).logits
+    assert logits.shape[1] == inputs["input_ids"].shape[1] and torch.isfinite(logits).all()
+
+
+def test_text_processor_renders_conversations_without_images(tiny_qwen2_vl, picture):
+    loaded = load_model(str(tiny_qwen2_vl))
+    template, _ = resolve_template(None, "qwen2_vl")
+    processor = TextProcessor(tokenizer=loaded.tokenizer, template=template)
+    inputs = processor.encode(conversation(picture), seqlen=512)
+    text = loaded.tokenizer.decode(inputs["input_ids"][0])
+    assert "What is shown here?" in text and "<|image_pad|>" not in text and "<image>" not in text
+    assert processor.encode(Sample(text="abc " * 400), seqlen=16)["input_ids"].shape == (1, 16)
+
+
+def test_unreadable_images_are_sample_errors(tiny_llava, tmp_path):
+    loaded = load_model(str(tiny_llava))
+    template, _ = resolve_template(None, "llava")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(SampleError, match="cannot read image"):
+        processor_for("hf", loaded, template).encode(conversation(broken), seqlen=64)
+
+
+def test_calibration_set_pads_conversations_and_packs_text(tiny_qwen2_vl, picture):
+    loaded = load_model(str(tiny_qwen2_vl))
+    template, _ = resolve_template(None, "qwen2_vl")
+    processor = processor_for("qwen2_vl", loaded, template)
+    texts = [Sample(text="The quick brown fox jumps over the lazy dog. " * 12) for _ in range(3)]
+    source = SourceSamples(label="mix", samples=[*texts, conversation(picture), conversation(picture)])
+    calib = build_calibration_set(source, processor, seqlen=128, nsamples=8, seed=0)
+    assert calib.image_samples == 2 and calib.used == 8
+    for sample in calib.samples:
+        assert sample["input_ids"].shape == (1, 128)
+    padded = [s for s in calib.samples if "pixel_values" in s]
+    for sample in padded:
+        mask = sample["attention_mask"][0]
+        real = int(mask.sum())
+        assert 0 < real < 128 and mask[:real].all() and not mask[real:].any()
+        assert (sample["input_ids"][0, real:] == loaded.tokenizer.pad_token_id).all()
+        assert sample["mm_token_type_ids"].shape == (1, 128)
+    again = build_calibration_set(source, processor, seqlen=128, nsamples=8, seed=0)
+    assert all(
+        torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(calib.samples, again.samples, strict=True)
+    )
+
+
+def test_processors_that_need_images_skip_text_and_say_so(tiny_llava, picture):
+    loaded = load_model(str(tiny_llava))
+    template, _ = resolve_template(None, "llava")
+
+    @register_processor("test_needs_images", replace=True)
+    class NeedsImages(PROCESSORS.get("hf")):
+        needs_images = True
+
+    processor = processor_for("test_needs_images", loaded, template)
+    source = SourceSamples(label="mix", samples=[Sample(text="plain text " * 50), conversation(picture)])
+    calib = build_calibration_set(source, processor, seqlen=256, nsamples=4, seed=0)
+    assert calib.used == 1 and calib.image_samples == 1 and calib.skipped == 1
+    assert any("needs an image" in note for note in calib.notes)
+
+
+def test_users_register_their_own_processor(tiny_llava):
+    loaded = load_model(str(tiny_llava))
+    template, _ = resolve_template(None, "llava")
+
+    class Shouting(CalibrationProcessor):
+        def encode_text(self, text, *, seqlen):
+            return super().encode_text(text.upper(), seqlen=seqlen)
+
+    register_processor("shouting", replace=True)(Shouting)
+    processor = processor_for("shouting", loaded, template)
+    ids = processor.encode(Sample(text="hello"), seqlen=16)["input_ids"][0]
+    assert loaded.tokenizer.decode(ids) == "HELLO"
+    assert "shouting" in PROCESSORS.names()
