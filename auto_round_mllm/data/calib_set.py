@@ -3,8 +3,8 @@
 Plain texts are tokenized, joined with the end-of-text token in a seeded order and cut into samples
 of exactly ``seqlen`` tokens: unlike auto-round, short texts are never dropped (they are joined), so
 a small local file still calibrates. Conversations (with or without images) become one sample each,
-right-padded to ``seqlen`` with an attention mask of zeros, so samples of one image size share a
-batch and the padding never enters the loss (the mask travels to the tuner). A conversation with
+right-padded to the longest conversation (at most ``seqlen``) with an attention mask of zeros, so
+they share batches and the padding never enters the loss (the mask travels to the tuner). A conversation with
 images that is longer than ``seqlen`` is kept whole: cutting it would cut image tokens. When the
 source holds fewer than ``nsamples`` samples' worth, fewer are used and the notes say so.
 """
@@ -112,6 +112,7 @@ def build_calibration_set(
     pad_id = _pad_id(tokenizer)
     samples: list[dict[str, torch.Tensor]] = []
     image_samples = skipped = 0
+    conversations: list[int] = []
     reasons: dict[str, int] = {}
     for index in order:
         if len(samples) >= nsamples:
@@ -127,7 +128,14 @@ def build_calibration_set(
             reasons[str(exc)] = reasons.get(str(exc), 0) + 1
             continue
         image_samples += int("pixel_values" in inputs)
-        samples.append(pad_to(inputs, seqlen, pad_id))
+        samples.append(inputs)
+        conversations.append(len(samples) - 1)
+    # Conversations are padded to the longest one (at most seqlen), not to seqlen: same shapes for
+    # batching without paying for thousands of padding tokens per sample.
+    lengths = [samples[i]["input_ids"].shape[1] for i in conversations]
+    target = min(seqlen, max((n for n in lengths if n <= seqlen), default=seqlen))
+    for i in conversations:
+        samples[i] = pad_to(samples[i], target, pad_id)
     notes = list(source.notes)
     if skipped:
         worst = max(reasons, key=reasons.__getitem__)

@@ -77,15 +77,22 @@ def test_calibration_set_pads_conversations_and_packs_text(tiny_qwen2_vl, pictur
     source = SourceSamples(label="mix", samples=[*texts, conversation(picture), conversation(picture)])
     calib = build_calibration_set(source, processor, seqlen=128, nsamples=8, seed=0)
     assert calib.image_samples == 2 and calib.used == 8
-    for sample in calib.samples:
-        assert sample["input_ids"].shape == (1, 128)
-    padded = [s for s in calib.samples if "pixel_values" in s]
-    for sample in padded:
-        mask = sample["attention_mask"][0]
-        real = int(mask.sum())
-        assert 0 < real < 128 and mask[:real].all() and not mask[real:].any()
-        assert (sample["input_ids"][0, real:] == loaded.tokenizer.pad_token_id).all()
-        assert sample["mm_token_type_ids"].shape == (1, 128)
+    text_chunks = [s for s in calib.samples if "pixel_values" not in s]
+    assert all(s["input_ids"].shape == (1, 128) and s["attention_mask"].all() for s in text_chunks)
+    # conversations are padded to the longest conversation, with zeros in the mask
+    images = [s for s in calib.samples if "pixel_values" in s]
+    length = images[0]["input_ids"].shape[1]
+    assert length < 128 and all(s["input_ids"].shape == (1, length) for s in images)
+    longer = conversation(picture)
+    longer.messages[1]["content"] += " It is a very smooth gradient indeed." * 3
+    source = SourceSamples(label="mix", samples=[conversation(picture), longer])
+    calib = build_calibration_set(source, processor, seqlen=128, nsamples=8, seed=0)
+    short, long = sorted(calib.samples, key=lambda s: int(s["attention_mask"].sum()))
+    real = int(short["attention_mask"].sum())
+    assert short["input_ids"].shape == long["input_ids"].shape and long["attention_mask"].all()
+    assert not short["attention_mask"][0, real:].any()
+    assert (short["input_ids"][0, real:] == loaded.tokenizer.pad_token_id).all()
+    assert short["mm_token_type_ids"].shape == short["input_ids"].shape
     again = build_calibration_set(source, processor, seqlen=128, nsamples=8, seed=0)
     assert all(
         torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(calib.samples, again.samples, strict=True)
