@@ -14,4 +14,6 @@ def test_every_subpackage_is_listed_for_the_wheel():
     }
     assert source_packages <= set(config["packages"])
     assert config["package-dir"]["auto_round_mllm._assets.calibration"] == "calibration"
+    assert config["package-dir"]["auto_round_mllm._assets.templates"] == "templates"
+    assert list((ROOT / "templates").glob("*.json"))
     assert (ROOT / "calibration" / "text.jsonl").is_file()

@@ -118,7 +118,7 @@ def load_image(path: Any):
 def structured_messages(messages: list[dict[str, str]], template: ChatTemplate) -> list[dict[str, Any]]:
     """Role/content turns -> the processor chat-template form, ``<image>`` becoming image parts."""
     out = []
-    for message in template.to_messages(messages):
+    for message in template.to_messages(messages, apply_replacements=False):
         parts: list[dict[str, Any]] = []
         pieces = message["content"].split(IMAGE_PLACEHOLDER)
         for index, piece in enumerate(pieces):
