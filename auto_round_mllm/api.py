@@ -17,13 +17,22 @@ from typing import Any, ClassVar
 import torch
 
 from auto_round_mllm.config import QuantJob
-from auto_round_mllm.data.calib_set import CalibrationSet, build_text_calibration
-from auto_round_mllm.data.sources import load_texts
+from auto_round_mllm.data.calib_set import CalibrationSet, build_calibration_set
+from auto_round_mllm.data.processors import processor_for
+from auto_round_mllm.data.sample import SourceSamples
+from auto_round_mllm.data.sources import EMBEDDED, EMBEDDED_IMAGES, default_dataset_for, load_samples
+from auto_round_mllm.data.templates import ChatTemplate, resolve_template
 from auto_round_mllm.errors import UserError
 from auto_round_mllm.export import EXPORTERS, ExportInput
 from auto_round_mllm.export.writer import atomic_output, check_output_dir, write_json
-from auto_round_mllm.models.family import select_blocks
-from auto_round_mllm.models.loading import LoadedModel, load_model, torch_dtype
+from auto_round_mllm.models.family import ModelFamily, family_for_model_type, select_blocks
+from auto_round_mllm.models.loading import (
+    LoadedModel,
+    load_model,
+    read_config,
+    resolve_model_dir,
+    torch_dtype,
+)
 from auto_round_mllm.pipeline.blockwise import BlockReport, ProgressSink, quantize_blocks
 from auto_round_mllm.pipeline.plan import LayerDecision, plan_layers
 from auto_round_mllm.quant.tunable import QuantizedWeight
@@ -44,6 +53,7 @@ class TunedModel:
     block_groups: list[str]
     blocks: list[BlockReport]
     calibration: CalibrationSet | None
+    plan: CalibrationPlan
     device: str
     precision: str
     seconds: float
@@ -92,14 +102,49 @@ def check_job(job: QuantJob) -> None:
         EXPORTERS.get(fmt).check(job.scheme)
 
 
+@dataclass
+class CalibrationPlan:
+    """Template and calibration samples, decided before any weight is loaded."""
+
+    template: ChatTemplate
+    source: SourceSamples | None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_calibration(job: QuantJob, model_type: str, family: ModelFamily) -> CalibrationPlan:
+    """The chat template and the samples for this job: a malformed template, a missing dataset or
+    too many missing images fail here, in seconds."""
+    template, notice = resolve_template(job.data.template, model_type)
+    notes = [notice] if notice else []
+    if job.tuning.iters == 0:
+        return CalibrationPlan(template, None, notes)
+    spec = job.data.dataset
+    if spec is None:
+        spec = default_dataset_for(template.default_dataset, extra_data_dir=job.data.extra_data_dir)
+        if not family.text_only_calibration and spec == EMBEDDED:
+            spec = EMBEDDED_IMAGES
+            notes.append(
+                f"{family.name} cannot calibrate on text alone: using the embedded image-text conversations"
+            )
+    source = load_samples(
+        spec, extra_data_dir=job.data.extra_data_dir, max_missing_images=job.data.max_missing_images
+    )
+    if not family.text_only_calibration and not any(sample.images for sample in source.samples):
+        raise UserError(
+            f"{family.name} models need images in calibration, and {source.label} has none",
+            fix=f"use --dataset {EMBEDDED_IMAGES}, or liuhaotian/llava_conv_58k with --extra_data_dir",
+        )
+    return CalibrationPlan(template, source, notes)
+
+
 def tune(
     job: QuantJob,
     loaded: LoadedModel,
     progress: ProgressSink | None = None,
     *,
-    texts: tuple[str, list[str]] | None = None,
+    plan: CalibrationPlan | None = None,
 ) -> TunedModel:
-    """Tune every chosen block. ``texts`` is the (label, texts) of an already read dataset."""
+    """Tune every chosen block; ``plan`` comes from :func:`plan_calibration` (made here if None)."""
     started = time.perf_counter()
     torch.manual_seed(job.tuning.seed)
     model = loaded.model
@@ -125,13 +170,13 @@ def tune(
         keep_patterns=tuple(job.fp_layers) + tuple(loaded.family.ignore),
         checks=[exporter.layer_problem for exporter in exporters],
     )
+    plan = plan or plan_calibration(job, loaded.model_type, loaded.family)
     calibration = None
-    if tuner.needs_data:
-        label, corpus = texts or load_texts(job.data.dataset)
-        calibration = build_text_calibration(
-            corpus,
-            loaded.tokenizer,
-            source=label,
+    if tuner.needs_data and plan.source is not None:
+        processor = processor_for(plan.template.processor, loaded, plan.template)
+        calibration = build_calibration_set(
+            plan.source,
+            processor,
             seqlen=job.tuning.seqlen,
             nsamples=job.tuning.nsamples,
             seed=job.tuning.seed,
@@ -165,6 +210,7 @@ def tune(
         block_groups=groups,
         blocks=result.blocks,
         calibration=calibration,
+        plan=plan,
         device=str(device),
         precision=precision.label,
         seconds=time.perf_counter() - started,
@@ -219,14 +265,18 @@ def summarize(job: QuantJob, tuned: TunedModel) -> QuantResult:
                 "requested": calib.requested,
                 "seqlen": calib.seqlen,
                 "tokens": calib.tokens,
+                "image_samples": calib.image_samples,
+                "skipped_samples": calib.skipped,
+                "missing_images": tuned.plan.source.missing_images if tuned.plan.source else 0,
+                "template": tuned.plan.template.name,
             }
             if calib
-            else {}
+            else {"template": tuned.plan.template.name}
         ),
         device=tuned.device,
         precision=tuned.precision,
         tune_seconds=tuned.seconds,
-        notes=list(calib.notes) if calib else [],
+        notes=list(tuned.plan.notes) + (list(calib.notes) if calib else []),
     )
 
 
@@ -243,11 +293,16 @@ def quantize(
     dirs = output_dirs or format_dirs(output_root(job), job.export.formats)
     for folder in dirs.values():
         check_output_dir(folder, force=job.export.force)
-    # A missing or malformed dataset fails before the model loads.
-    texts = load_texts(job.data.dataset) if job.tuning.iters > 0 else None
     if loaded is None:
-        loaded = load_model(job.model, model_dtype=job.model_dtype, trust_remote_code=job.trust_remote_code)
-    tuned = tune(job, loaded, progress, texts=texts)
+        model_dir = resolve_model_dir(job.model)
+        model_type = read_config(model_dir).get("model_type", "")
+        plan = plan_calibration(job, model_type, family_for_model_type(model_type))
+        loaded = load_model(
+            str(model_dir), model_dtype=job.model_dtype, trust_remote_code=job.trust_remote_code
+        )
+    else:
+        plan = plan_calibration(job, loaded.model_type, loaded.family)
+    tuned = tune(job, loaded, progress, plan=plan)
     result = summarize(job, tuned)
     if loaded.processor_notice:
         result.notes.append(loaded.processor_notice)

@@ -169,9 +169,25 @@ class TuningConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where calibration samples come from. ``dataset=None`` picks the embedded offline set."""
+    """Where calibration samples come from and how they are rendered.
+
+    ``dataset=None`` picks the template's default when it can be read now (pile-10k cached or the
+    hub reachable), else the embedded offline set. ``template=None`` picks it by model type.
+    ``max_missing_images`` is the fraction of image references that may be missing before the
+    run fails (missing ones are always counted and reported).
+    """
 
     dataset: str | None = None
+    template: str | None = None
+    extra_data_dir: str | None = None
+    max_missing_images: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_missing_images <= 1.0:
+            raise UserError(
+                f"max_missing_images={self.max_missing_images} is not a fraction",
+                fix="use a value between 0 (no image may be missing) and 1",
+            )
 
 
 @dataclass(frozen=True)
@@ -266,6 +282,9 @@ def job_from_flags(
     fp_layers: str | tuple[str, ...] = (),
     to_quant_block_names: str | tuple[str, ...] = (),
     dataset: str | None = None,
+    template: str | None = None,
+    extra_data_dir: str | None = None,
+    max_missing_images: float = 0.1,
     device: str = "auto",
     output_dir: str = "./tmp_autoround",
     format: str | tuple[str, ...] = "auto_round",
@@ -294,7 +313,12 @@ def job_from_flags(
             amp=not disable_amp,
             scale_dtype=scale_dtype,
         ),
-        data=DataConfig(dataset=dataset),
+        data=DataConfig(
+            dataset=dataset,
+            template=template,
+            extra_data_dir=extra_data_dir,
+            max_missing_images=max_missing_images,
+        ),
         export=ExportConfig(
             formats=split_list(format), output_dir=output_dir, force=force, max_shard_size=max_shard_size
         ),

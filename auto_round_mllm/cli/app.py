@@ -137,7 +137,25 @@ def quantize_command(
     dataset: str = typer.Option(
         None,
         *names("--dataset"),
-        help="Calibration data: 'embedded' (default, shipped offline), or a local .jsonl ({\"text\": ...} per line) or .txt file.",
+        help="Calibration data: NeelNanda/pile-10k (from the datasets cache), liuhaotian/llava_conv_58k, "
+        "llava_instruct_80k, llava_instruct_150k (local copies), embedded, embedded-text, embedded-images, "
+        "a local .txt/.jsonl/.json/.parquet file or image folder, or a comma list with counts "
+        "(name:count,...). Default: the template's dataset when it can be read offline, else embedded.",
+    ),
+    template: str = typer.Option(
+        None,
+        *names("--template"),
+        help="Chat template: a name (auto-round-mllm list templates) or a JSON file; default: by model type.",
+    ),
+    extra_data_dir: str = typer.Option(
+        None,
+        *names("--extra_data_dir"),
+        help="Folder with the images (and LLaVA JSON) of image-text datasets, or image=DIR,video=DIR,audio=DIR.",
+    ),
+    max_missing_images: float = typer.Option(
+        0.1,
+        *names("--max_missing_images"),
+        help="Fraction of image references that may be missing before the run fails; missing ones are reported.",
     ),
     device: str = typer.Option(
         "auto",
@@ -196,30 +214,46 @@ def run_job(job: Any, *, json_output: bool) -> None:
         render_summary(Console(), result)
 
 
+LISTABLE = ("schemes", "formats", "families", "datasets", "templates", "processors")
+
+
 @app.command("list")
 def list_command(
-    what: str = typer.Argument(..., help="schemes, formats, families or datasets"),
+    what: str = typer.Argument(..., help=", ".join(LISTABLE)),
 ) -> None:
-    """List the registered schemes, export formats, model families or datasets."""
+    """List the registered schemes, export formats, model families, datasets, templates or processors."""
     from auto_round_mllm.config import PRESETS
+    from auto_round_mllm.data.processors import PROCESSORS
     from auto_round_mllm.data.sources import DATASETS
+    from auto_round_mllm.data.templates import TEMPLATES
     from auto_round_mllm.export import EXPORTERS
     from auto_round_mllm.models.family import FAMILIES
-    from auto_round_mllm.registry import Registry
 
+    rows: dict[str, Any] = {
+        "schemes": lambda: (
+            (n, f"bits={p.bits} group_size={p.group_size} sym={p.sym}") for n, p in PRESETS.items()
+        ),
+        "formats": lambda: ((n, "") for n, _ in EXPORTERS.items()),
+        "families": lambda: (
+            (
+                n,
+                f"model types {', '.join(f.model_types) or '-'}; text blocks {', '.join(f.text_blocks) or 'found'}; "
+                f"template {f.template}; processor {f.processor}"
+                + ("" if f.text_only_calibration else "; needs image-text data"),
+            )
+            for n, f in FAMILIES.items()
+        ),
+        "datasets": lambda: ((d.name, d.description or "") for _, d in DATASETS.items()),
+        "templates": lambda: (
+            (n, f"processor {t.processor}; default dataset {t.default_dataset}") for n, t in TEMPLATES.items()
+        ),
+        "processors": lambda: ((n, (p.__doc__ or "").strip().splitlines()[0]) for n, p in PROCESSORS.items()),
+    }
+    if what not in rows:
+        raise UserError(f"cannot list {what!r}", fix=f"use one of: {', '.join(LISTABLE)}")
     console = Console()
-    if what == "schemes":
-        for name, preset in PRESETS.items():
-            console.print(f"{name:10} bits={preset.bits} group_size={preset.group_size} sym={preset.sym}")
-        return
-    registries: dict[str, Registry[Any]] = {"formats": EXPORTERS, "families": FAMILIES, "datasets": DATASETS}
-    if what not in registries:
-        raise UserError(f"cannot list {what!r}", fix="use one of: schemes, formats, families, datasets")
-    for name, item in registries[what].items():
-        detail = ""
-        if what == "families":
-            detail = f"model types: {', '.join(item.model_types)}; text blocks: {', '.join(item.text_blocks)}"
-        console.print(f"{name:12} {detail}".rstrip())
+    for name, detail in rows[what]():
+        console.print(f"{name:22} {detail}".rstrip(), highlight=False, soft_wrap=True)
 
 
 def setup_logging(*, debug: bool) -> None:

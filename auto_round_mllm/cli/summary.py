@@ -98,12 +98,16 @@ def render_summary(console: Console, result: QuantResult) -> None:
         f"memory      peak RSS {result.peak_rss_gb:.2f} GiB"
         + (f", peak device {result.peak_device_gb:.2f} GiB" if result.peak_device_gb is not None else ""),
     ]
-    if result.calibration:
-        calib = result.calibration
+    calib = result.calibration
+    if "samples" in calib:
+        images = f", {calib['image_samples']} with images" if calib["image_samples"] else ""
         lines.append(
-            f"calibration {calib['samples']} x {calib['seqlen']} tokens from {calib['source']}"
+            f"calibration {calib['samples']} samples of up to {calib['seqlen']} tokens{images} from "
+            f"{calib['source']}, template {calib['template']}"
             + (f" (asked for {calib['requested']})" if calib["samples"] < calib["requested"] else "")
         )
+        if calib["missing_images"]:
+            lines.append(f"images      {calib['missing_images']} missing (see notes)")
     for fmt, folder in result.outputs.items():
         lines.append(f"output      {folder} ({fmt})")
     for line in lines:

@@ -17,6 +17,8 @@ from auto_round_mllm.data.source_registry import register_dataset
 from auto_round_mllm.utils.assets import asset_dir
 
 EMBEDDED = "embedded"
+EMBEDDED_TEXT = "embedded-text"
+EMBEDDED_IMAGES = "embedded-images"
 TEXT_FILE = "text.jsonl"
 CONVERSATIONS_FILE = "conversations.json"  # written by scripts/make_calibration_images.py
 
@@ -41,13 +43,13 @@ def embedded(ctx: SourceContext) -> list[Sample]:
     return _interleave(_conversations(ctx), _texts(ctx))
 
 
-@register_dataset("embedded-text")
+@register_dataset(EMBEDDED_TEXT)
 def embedded_text(ctx: SourceContext) -> list[Sample]:
     """Shipped offline set, texts only (calibration/text.jsonl)."""
     return _texts(ctx)
 
 
-@register_dataset("embedded-images", aliases=("embedded-conversations",))
+@register_dataset(EMBEDDED_IMAGES, aliases=("embedded-conversations",))
 def embedded_images(ctx: SourceContext) -> list[Sample]:
     """Shipped offline set, image-text conversations only (calibration/conversations.json)."""
     return _conversations(ctx)

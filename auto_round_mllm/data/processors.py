@@ -166,8 +166,11 @@ class HFProcessor(CalibrationProcessor):
 
 @register_processor("qwen2_vl")
 class Qwen2VLCalibrationProcessor(HFProcessor):
-    """Qwen2-VL / Qwen2.5-VL: transformers 5 wants ``mm_token_type_ids`` (1 at image tokens) next to
-    ``pixel_values`` and ``image_grid_thw``; its processor does not always return it."""
+    """Qwen2-VL / Qwen2.5-VL: the hf processor plus the image-token mask transformers 5 asks for.
+
+    transformers 5 wants ``mm_token_type_ids`` (1 at image tokens) next to ``pixel_values`` and
+    ``image_grid_thw``; the processor does not always return it.
+    """
 
     def complete(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if "mm_token_type_ids" not in inputs and self.accepts("mm_token_type_ids"):

@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 EMBEDDED = _embedded.EMBEDDED
+EMBEDDED_IMAGES = _embedded.EMBEDDED_IMAGES
 PILE = _pile.PILE
 LLAVA_FILES = _llava.LLAVA_FILES
 LOCAL_PREFIX = "local:"
