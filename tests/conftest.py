@@ -45,6 +45,102 @@ def tiny_llava(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2_5_vl(tmp_path_factory) -> Path:
+    """Folder of a tiny Qwen2.5-VL checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen2-5-vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl(tmp_path_factory) -> Path:
+    """Folder of a tiny Qwen3-VL checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny-qwen3-vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next(tmp_path_factory) -> Path:
+    """Folder of a tiny LLaVA-NeXT (v1.6, Mistral text) checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava-next"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mllama(tmp_path_factory) -> Path:
+    """Folder of a tiny Llama-3.2-Vision (mllama) checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_mllama(tmp_path_factory.mktemp("tiny-mllama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3(tmp_path_factory) -> Path:
+    """Folder of a tiny Idefics3 checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_idefics3(tmp_path_factory.mktemp("tiny-idefics3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm(tmp_path_factory) -> Path:
+    """Folder of a tiny SmolVLM checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_smolvlm(tmp_path_factory.mktemp("tiny-smolvlm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> Path:
+    """Folder of a tiny Gemma 3 checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral3(tmp_path_factory) -> Path:
+    """Folder of a tiny Mistral 3 (Mistral-Small-3.1) checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_mistral3(tmp_path_factory.mktemp("tiny-mistral3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3_v(tmp_path_factory) -> Path:
+    """Folder of a tiny Phi-3.5-vision stand-in (remote code: trust_remote_code=True) checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_phi3_v(tmp_path_factory.mktemp("tiny-phi3-v"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvlm2(tmp_path_factory) -> Path:
+    """Folder of a tiny CogVLM2 stand-in (remote code: trust_remote_code=True) checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_cogvlm2(tmp_path_factory.mktemp("tiny-cogvlm2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """Folder of a tiny Llama 3 style text-only causal LM checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    """Folder of a tiny Qwen2 text-only causal LM checkpoint. Do not modify it."""
+    import make_tiny_models
+
+    return make_tiny_models.make_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tiny_qwen2_vl, tiny_llava) -> dict[str, Path]:
     return {"qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
 

@@ -178,3 +178,49 @@ def test_no_arguments_shows_help_and_unknown_flags_exit_2(capsys):
     assert code == 2 and "Usage: auto-round-mllm" in out + err and "--group_size" in out + err
     code, _, err = run_cli(["--model", "x", "--bogus"], capsys)
     assert code == 2 and "No such option: --bogus" in err
+
+
+def test_template_errors_fail_before_loading(tiny_qwen2_vl, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model_type": "x", "format_user": "no placeholder"}')
+    code, _, err = run_cli(
+        ["--model", str(tiny_qwen2_vl), "--template", str(bad), "--output_dir", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "format_user" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(
+        ["--model", str(tiny_qwen2_vl), "--template", "nope", "--output_dir", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "nope" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_images_above_the_threshold_fail(tiny_qwen2_vl, tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (56, 56), "red").save(images / "have.png")
+    records = [
+        {
+            "image": name,
+            "conversations": [
+                {"from": "human", "value": "<image>\\nColour?"},
+                {"from": "gpt", "value": "Red."},
+            ],
+        }
+        for name in ("have.png", "gone1.png", "gone2.png")
+    ]
+    data = tmp_path / "convs.json"
+    data.write_text(json.dumps(records))
+    args = ["--model", str(tiny_qwen2_vl), "--dataset", str(data), "--extra_data_dir", str(images)]
+    code, _, err = run_cli([*args, "--output_dir", str(tmp_path / "o")], capsys)
+    assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    code, out, err = run_cli(
+        [*args, "--max_missing_images", "0.7", "--iters", "1", "--nsamples", "2", "--seqlen", "32",
+         "--output_dir", str(tmp_path / "o"), "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    calibration = json.loads(out)["calibration"]
+    assert calibration["missing_images"] == 2 and calibration["image_samples"] == 1

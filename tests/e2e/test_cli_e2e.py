@@ -114,3 +114,23 @@ def test_every_tuning_flag_reaches_the_checkpoint(tiny_llava, tmp_path, capsys):
     }
     assert len(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]) > 0
     assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_image_text_calibration_with_a_user_template(family, tiny_models, tmp_path, capsys):
+    """Calibrate on the embedded image-text conversations through a template file of the user's."""
+    from auto_round_mllm.data.templates import TEMPLATES
+
+    template = dict(vars(TEMPLATES.get(family)))
+    template = {k: v for k, v in template.items() if k not in ("name",)}
+    template["replace_tokens"] = [x for pair in template["replace_tokens"] for x in pair]
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(template))
+    args = ["--model", str(tiny_models[family]), "--dataset", "embedded-images:6", "--template", str(path)]
+    code, out, err = run_in_process(
+        [*args, *SMALL, "--seqlen", "512", "--output_dir", str(tmp_path), "--json"], capsys
+    )
+    assert code == 0, err
+    calibration = json.loads(out)["calibration"]
+    assert calibration["image_samples"] == 4 and calibration["template"] == "mine"
+    assert calibration["source"].startswith("embedded")
