@@ -84,7 +84,7 @@ def test_build_tokenizer_returns_independent_copies_of_one_training():
 
 def test_unknown_family_is_rejected():
     with pytest.raises(ValueError, match="qwen2_vl, llava"):
-        tiny.build_tokenizer("mllama")
+        tiny.build_tokenizer("no_such_family")
 
 
 # ----------------------------------------------------------------------------------------- configs

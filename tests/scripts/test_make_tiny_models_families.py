@@ -2,9 +2,9 @@
 never changes, and matches its registration in auto_round_mllm.models.families.
 
 Without torchvision some processors cannot be built by transformers, and ``load_processor`` cannot
-yet assemble every one of them. Where it cannot, :func:`image_processor_for` builds the family's
-own processor class by a documented workaround, so the model path is tested either way; the
-workaround in use is part of the test id's output (``-rA``) through ``KNOWN_PROCESSOR_GAPS``.
+yet assemble every one of them (``KNOWN_PROCESSOR_GAPS``). For those, :func:`image_processor_for`
+builds the family's own processor class by the workaround named there, so the model's image path
+is tested either way; once ``load_processor`` handles a family, its workaround is no longer used.
 """
 
 from __future__ import annotations
@@ -182,7 +182,11 @@ def load_model(family: str, path: Path):
     if path not in _LOADED:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-        cls = AutoModelForImageTextToText if family in VLM_FAMILIES and family not in REMOTE else AutoModelForCausalLM
+        cls = (
+            AutoModelForImageTextToText
+            if family in VLM_FAMILIES and family not in REMOTE
+            else AutoModelForCausalLM
+        )
         model, info = cls.from_pretrained(path, output_loading_info=True, trust_remote_code=family in REMOTE)
         assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
         _LOADED[path] = model.eval()
@@ -219,7 +223,9 @@ def image_processor_for(family: str, path: Path, monkeypatch):
 
         settings = json.loads((path / "processor_config.json").read_text())
         settings.pop("processor_class")
-        return PixtralProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template, **settings), tokenizer
+        return PixtralProcessor(
+            image_processor, tokenizer, chat_template=tokenizer.chat_template, **settings
+        ), tokenizer
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     cls = get_class_from_dynamic_module("processing_phi3_v.Phi3VProcessor", str(path))
@@ -279,7 +285,7 @@ def test_checkpoint_files_and_config(family_dir):
     assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (256, 4, 4)
     assert text.intermediate_size == 768
     with safe_open(path / "model.safetensors", "pt") as f:
-        assert {f.get_tensor(name).dtype for name in f.keys()} == {torch.bfloat16}
+        assert {f.get_tensor(name).dtype for name in f.keys()}  # noqa: SIM118 (safe_open is no dict) == {torch.bfloat16}
     if family in REMOTE:
         auto_map = json.loads((path / "config.json").read_text())["auto_map"]
         for target in auto_map.values():
@@ -340,10 +346,14 @@ def test_mllama_cross_attention_layers_need_an_image(tiny_mllama, monkeypatch):
     """Text alone skips the cross-attention decoder layer: it would get no calibration data."""
     model = load_model("mllama", tiny_mllama)
     layers = model.model.language_model.layers
-    cross = [i for i, layer in enumerate(layers) if type(layer).__name__ == "MllamaCrossAttentionDecoderLayer"]
+    cross = [
+        i for i, layer in enumerate(layers) if type(layer).__name__ == "MllamaCrossAttentionDecoderLayer"
+    ]
     assert cross == model.config.text_config.cross_attention_layers == [1]
     calls = []
-    handle = layers[1].register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    handle = layers[1].register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True
+    )
     try:
         processor, tokenizer = image_processor_for("mllama", tiny_mllama, monkeypatch)
         with torch.no_grad():
