@@ -114,7 +114,9 @@ class CalibrationPlan:
 def plan_calibration(job: QuantJob, model_type: str, family: ModelFamily) -> CalibrationPlan:
     """The chat template and the samples for this job: a malformed template, a missing dataset or
     too many missing images fail here, in seconds."""
-    template, notice = resolve_template(job.data.template, model_type)
+    template, notice = resolve_template(
+        job.data.template, family.template if family.model_types else model_type
+    )
     notes = [notice] if notice else []
     if job.tuning.iters == 0:
         return CalibrationPlan(template, None, notes)

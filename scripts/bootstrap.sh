@@ -26,7 +26,7 @@ from importlib.metadata import version
 import auto_round_mllm, transformers, typer, rich, safetensors, accelerate, datasets, PIL  # noqa: F401
 assert version("transformers").startswith("5.")
 if sys.argv[1]:
-    import pytest, auto_round, ruff  # noqa: F401
+    import pytest, auto_round, ruff, num2words  # noqa: F401
 # the console script on PATH must be ours: auto-round installs one with the same name
 import shutil
 script = shutil.which("auto-round-mllm")

@@ -61,7 +61,8 @@ def _pad_id(tokenizer) -> int:
 
 
 def pad_to(inputs: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad every ``[1, L]`` sequence tensor to ``length`` (ids with ``pad_id``, the rest with 0)."""
+    """Right-pad every sequence-aligned tensor (``[1, L, ...]``: ids, masks, token types, mllama's
+    ``cross_attention_mask``) to ``length``; ids with ``pad_id``, everything else with 0 (masked)."""
     current = inputs["input_ids"].shape[1]
     if current >= length:
         return inputs
@@ -69,9 +70,10 @@ def pad_to(inputs: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[st
         inputs = {**inputs, "attention_mask": torch.ones_like(inputs["input_ids"])}
     padded = {}
     for key, value in inputs.items():
-        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == (1, current):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[:2] == (1, current):
             fill = pad_id if key == "input_ids" else 0
-            value = torch.cat([value, value.new_full((1, length - current), fill)], dim=1)
+            shape = (1, length - current, *value.shape[2:])
+            value = torch.cat([value, value.new_full(shape, fill)], dim=1)
         padded[key] = value
     return padded
 
@@ -127,7 +129,7 @@ def build_calibration_set(
             skipped += 1
             reasons[str(exc)] = reasons.get(str(exc), 0) + 1
             continue
-        image_samples += int("pixel_values" in inputs)
+        image_samples += int(bool(sample.images) and processor.handles_images)
         samples.append(inputs)
         conversations.append(len(samples) - 1)
     # Conversations are padded to the longest one (at most seqlen), not to seqlen: same shapes for
@@ -145,9 +147,10 @@ def build_calibration_set(
         samples.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
         notes.append(f"{source.label} holds only {ids.shape[1]} tokens; using one sample of that length")
     if not samples:
+        why = f" ({skipped} skipped: {max(reasons, key=reasons.__getitem__)})" if reasons else ""
         raise DatasetError(
-            f"calibration source {source.label} gave no usable sample",
-            fix="use a dataset with text (or, for this model, images) in it",
+            f"calibration source {source.label} gave no usable sample{why}",
+            fix="use a dataset this model can read (text, or image-text when its processor loads)",
         )
     if len(samples) < nsamples:
         notes.append(

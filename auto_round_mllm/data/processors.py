@@ -145,8 +145,16 @@ class HFProcessor(CalibrationProcessor):
         messages = sample.messages or []
         if self.template is None:
             raise SampleError("no chat template to render the conversation with")
-        if not self.template.extra_encode and getattr(self.processor, "chat_template", None):
-            return self.processor.apply_chat_template(structured_messages(messages, self.template))
+        if not self.template.extra_encode:
+            structured = structured_messages(messages, self.template)
+            # SmolVLM's processor template reads a video processor that an assembled processor lacks;
+            # the tokenizer carries the same chat template.
+            for owner in (self.processor, self.tokenizer):
+                if getattr(owner, "chat_template", None):
+                    try:
+                        return owner.apply_chat_template(structured, tokenize=False)
+                    except (AttributeError, TypeError, ValueError):
+                        continue
         return self.template.render(messages)
 
     def encode_multimodal(self, sample: Sample) -> dict[str, torch.Tensor]:
@@ -188,6 +196,40 @@ class MllamaCalibrationProcessor(HFProcessor):
     """Llama-3.2-Vision: its cross-attention layers need an image, so text samples are refused."""
 
     needs_images = True
+
+
+@register_processor("cogvlm2")
+class CogVLM2CalibrationProcessor(CalibrationProcessor):
+    """CogVLM2: no HF processor; its remote code builds inputs (``build_conversation_input_ids``).
+
+    One image per sample, the prompt rendered by the template (``Question: ... Answer: ...``) and
+    passed with ``template_version="base"`` so the model adds no second template.
+    """
+
+    handles_images = True
+
+    def encode_multimodal(self, sample: Sample) -> dict[str, Any]:
+        if len(sample.images) != 1:
+            raise SampleError("CogVLM2 takes exactly one image per sample")
+        if self.model is None or not hasattr(self.model, "build_conversation_input_ids"):
+            raise SampleError(
+                "the model has no build_conversation_input_ids (load it with --trust_remote_code)"
+            )
+        query = self.template.render(sample.messages or []) if self.template else ""
+        built = self.model.build_conversation_input_ids(
+            self.tokenizer,
+            query=query,
+            history=[],
+            images=[load_image(sample.images[0])],
+            template_version="base",
+        )
+        dtype = next(self.model.parameters()).dtype
+        return {
+            "input_ids": built["input_ids"][None],
+            "token_type_ids": built["token_type_ids"][None],
+            "attention_mask": built["attention_mask"][None],
+            "images": [[built["images"][0].to(dtype)]],
+        }
 
 
 def processor_for(name: str, loaded: LoadedModel, template: ChatTemplate) -> CalibrationProcessor:

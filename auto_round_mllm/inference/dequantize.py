@@ -68,9 +68,19 @@ def dequantized_state_dict(folder: Path, quant_config: dict) -> dict[str, torch.
 
 
 def load_dequantized(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, model_class: type | None = None
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    model_class: type | None = None,
+    trust_remote_code: bool = False,
 ):
-    """A transformers model whose quantized Linears hold the dequantized weights, in ``dtype``."""
+    """A transformers model whose quantized Linears hold the dequantized weights, in ``dtype``.
+
+    Models that ship their own code (their ``.py`` files sit beside the weights) need
+    ``trust_remote_code=True``, as they do for the original checkpoint.
+    """
+    from auto_round_mllm.models.loading import model_class_for
+
     folder = Path(path)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     quant_config = config.pop("quantization_config")
@@ -78,15 +88,13 @@ def load_dequantized(
         name: t.to(dtype) if t.is_floating_point() else t
         for name, t in dequantized_state_dict(folder, quant_config).items()
     }
-    if model_class is None:
-        import transformers
-
-        model_class = getattr(transformers, config["architectures"][0])
+    model_class = model_class or model_class_for(config, trust_remote_code=trust_remote_code)
     with tempfile.TemporaryDirectory(prefix="arm-dequant-") as scratch:
         scratch_dir = Path(scratch)
         (scratch_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
-        if (folder / "generation_config.json").is_file():
-            shutil.copy2(folder / "generation_config.json", scratch_dir)
+        for extra in [folder / "generation_config.json", *folder.glob("*.py")]:
+            if extra.is_file():
+                shutil.copy2(extra, scratch_dir)
         save_file(state, str(scratch_dir / "model.safetensors"), metadata={"format": "pt"})
-        model = model_class.from_pretrained(scratch_dir, dtype=dtype)
+        model = model_class.from_pretrained(scratch_dir, dtype=dtype, trust_remote_code=trust_remote_code)
     return model.eval()

@@ -145,6 +145,8 @@ register_family(
         ignore=("lm_head", "model.vision.linear_proj"),
         template="cogvlm2",
         processor="cogvlm2",
+        # the vision-expert Linears of every text layer see only image tokens: text alone tunes nothing
+        text_only_calibration=False,
     )
 )
 register_family(

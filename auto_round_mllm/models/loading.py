@@ -101,13 +101,32 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def model_class_for(config: dict[str, Any]) -> type:
+REMOTE_AUTO_CLASSES = (
+    "AutoModelForImageTextToText",
+    "AutoModelForVision2Seq",
+    "AutoModelForCausalLM",
+    "AutoModel",
+)
+
+
+def model_class_for(config: dict[str, Any], *, trust_remote_code: bool = False) -> Any:
+    """The class that loads this checkpoint: transformers' own class named in ``architectures``,
+    else (remote code) the first Auto class the checkpoint's ``auto_map`` declares."""
     import transformers
 
     arch = config["architectures"][0]
     cls = getattr(transformers, arch, None)
-    if cls is not None:
+    auto_map = config.get("auto_map") or {}
+    if cls is not None and not (trust_remote_code and auto_map):
         return cls
+    if auto_map and not trust_remote_code:
+        raise UserError(
+            f"{arch} ships its own Python code, which runs only with --trust_remote_code",
+            fix="pass --trust_remote_code if you trust the model's authors",
+        )
+    for name in REMOTE_AUTO_CLASSES:
+        if name in auto_map:
+            return getattr(transformers, name)
     raise UserError(
         f"architecture {arch} is not available in transformers {transformers.__version__}",
         fix="upgrade transformers, or pass --trust_remote_code if the model ships its own code",
@@ -143,12 +162,7 @@ def load_model(spec: str, *, model_dtype: str = "auto", trust_remote_code: bool 
     config = read_config(model_dir)
     family = family_for_model_type(config.get("model_type", ""))
     dtype: Any = "auto" if model_dtype == "auto" else torch_dtype(model_dtype)
-    if trust_remote_code:
-        from transformers import AutoModelForImageTextToText
-
-        cls: Any = AutoModelForImageTextToText
-    else:
-        cls = model_class_for(config)
+    cls = model_class_for(config, trust_remote_code=trust_remote_code)
     try:
         model = cls.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, RuntimeError) as exc:

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auto_round_mllm.errors import UserError
-
 VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"
 # What transformers says when a processor needs a video processor and torchvision is missing.
 _VIDEO_FAILURE_MARKERS = ("torchvision", "_extra_content", "videoprocessor", "video_processor")
@@ -85,31 +83,38 @@ def _assemble_without_video(source: str, *, trust_remote_code: bool, cause: Base
     from transformers import AutoImageProcessor, AutoTokenizer
 
     base = _processor_class(source, trust_remote_code=trust_remote_code)
-    cls = image_only_processor_class(base) if base is not None else None
-    if cls is None or cls is base:  # no video processor to leave out: nothing we can do
+    if base is None:
         raise cause
-    name = base.__name__
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    processor_dict, _ = base.get_processor_dict(source)
-    accepted = inspect.signature(cls.__init__).parameters
-    extra = {
-        key: value
-        for key, value in processor_dict.items()
-        if key in accepted and key not in ("self", "image_processor", "tokenizer", "chat_template")
-    }
     try:
-        processor = cls(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            chat_template=processor_dict.get("chat_template") or tokenizer.chat_template,
-            **extra,
+        image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ImportError):
+        image_processor = None
+    try:
+        name = base.__name__
+        # Without a video processor to leave out (Phi-3.5-vision's remote code), AutoProcessor failed on
+        # its class lookup alone, and building the class from its parts works.
+        cls = image_only_processor_class(base)
+        processor_dict, _ = base.get_processor_dict(source)
+        accepted = inspect.signature(cls.__init__).parameters
+        extra = {
+            key: value
+            for key, value in processor_dict.items()
+            if key in accepted and key not in ("self", "image_processor", "tokenizer", "chat_template")
+        }
+        if "chat_template" in accepted:
+            extra["chat_template"] = processor_dict.get("chat_template") or tokenizer.chat_template
+        processor = cls(image_processor=image_processor, tokenizer=tokenizer, **extra)
+    except Exception as exc:  # SmolVLM's num2words, Pixtral's torchvision-only processor class
+        reason = " ".join(str(exc).split())[:160]
+        notice = (
+            f"cannot build the processor here ({type(exc).__name__}: {reason}); calibrating on text only, "
+            "image samples are skipped"
         )
-    except Exception as exc:  # e.g. SmolVLM's num2words; one line with the fix
-        raise UserError(
-            f"cannot build {name} without torchvision ({type(exc).__name__}: {exc})",
-            fix="install a torchvision that matches your torch, or the package the message names",
-        ) from exc
+        return LoadedProcessor(None, tokenizer, image_processor, notice)
+    if cls is base:
+        notice = f"AutoProcessor cannot build {name} here; built it from its tokenizer and image processor"
+        return LoadedProcessor(processor, tokenizer, image_processor, notice)
     processor.video_processor_config = processor_dict.get("video_processor") or _read_json(
         source, VIDEO_PROCESSOR_FILE
     )
@@ -127,7 +132,13 @@ def _processor_class(source: str, *, trust_remote_code: bool) -> type | None:
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
     for filename in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        class_name = (_read_json(source, filename) or {}).get("processor_class")
+        data = _read_json(source, filename) or {}
+        remote = (data.get("auto_map") or {}).get("AutoProcessor")
+        if remote and trust_remote_code:
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+            return get_class_from_dynamic_module(remote, source)
+        class_name = data.get("processor_class")
         if class_name and hasattr(transformers, class_name):
             return getattr(transformers, class_name)
     try:

@@ -16,16 +16,30 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+POSITIONAL = "__positional_"
+
 
 def _batch_dim(tensor: torch.Tensor) -> int | None:
     """The batch dimension of a per-sample tensor captured with batch size 1: its first size-1 dim.
 
-    ``[1, L, D]`` -> 0, ``[1, 1, L, L]`` masks -> 0, multimodal rope ``[3, 1, L, D]`` -> 1.
+    ``[1, L, D]`` -> 0, ``[1, 1, L, L]`` masks -> 0, multimodal rope ``[3, 1, L, D]`` -> 1. A tensor
+    of two or more dims without a size-1 dim has the batch folded into its leading dim (mllama's
+    ``cross_attention_states`` is ``[images x tiles, patches, hidden]``): 0. 1-D tensors such as
+    ``cache_position`` have none.
     """
     for dim, size in enumerate(tensor.shape):
         if size == 1:
             return dim
-    return None
+    return 0 if tensor.dim() >= 2 else None
+
+
+def _shareable(value: Any) -> bool:
+    """Whether one copy can stand for every sample: folded-batch tensors cannot be expanded."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() < 2 or 1 in value.shape
+    if isinstance(value, (tuple, list)):
+        return all(_shareable(v) for v in value)
+    return True
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -50,7 +64,7 @@ def _signature(value: Any) -> Any:
 def _expand(value: Any, batch: int) -> Any:
     if isinstance(value, torch.Tensor):
         dim = _batch_dim(value)
-        if dim is None or batch == 1:
+        if dim is None or batch == 1 or value.shape[dim] != 1:
             return value
         shape = list(value.shape)
         shape[dim] = batch
@@ -94,7 +108,8 @@ class BlockInputs:
     """
 
     hidden: list[torch.Tensor]
-    args: tuple = ()
+    positional: int = 0
+    """How many positional arguments follow the hidden states (stored as ``POSITIONAL<i>`` keys)."""
     shared: dict[str, Any] = field(default_factory=dict)
     per_sample: list[dict[str, Any]] = field(default_factory=list)
     masks: list[torch.Tensor | None] = field(default_factory=list)
@@ -109,20 +124,25 @@ class BlockInputs:
         if not captures:
             raise ValueError("no block inputs were captured")
         hidden = [c[0] for c in captures]
-        args = captures[0][1]
+        # Extra positional arguments (CogVLM2's layers take token_type_ids positionally) may differ per
+        # sample like keyword arguments do, so they are stored as numbered keywords.
+        positional = len(captures[0][1])
+        captures = [
+            (h, (), {**{f"{POSITIONAL}{i}": a for i, a in enumerate(args)}, **kw}) for h, args, kw in captures
+        ]
         keys = list(captures[0][2])
         shared: dict[str, Any] = {}
         varying: list[str] = []
         for key in keys:
             first = captures[0][2][key]
-            if all(_equal(first, c[2].get(key)) for c in captures[1:]):
+            if _shareable(first) and all(_equal(first, c[2].get(key)) for c in captures[1:]):
                 shared[key] = first
             else:
                 varying.append(key)
         per_sample = [{key: c[2][key] for key in varying} for c in captures]
         return cls(
             hidden=hidden,
-            args=args,
+            positional=positional,
             shared=shared,
             per_sample=per_sample,
             masks=masks or [None] * len(hidden),
@@ -134,7 +154,11 @@ class BlockInputs:
     def with_hidden(self, hidden: list[torch.Tensor]) -> BlockInputs:
         """Same keyword arguments, new hidden states: the inputs of the next block."""
         return BlockInputs(
-            hidden=hidden, args=self.args, shared=self.shared, per_sample=self.per_sample, masks=self.masks
+            hidden=hidden,
+            positional=self.positional,
+            shared=self.shared,
+            per_sample=self.per_sample,
+            masks=self.masks,
         )
 
     def shape_buckets(self) -> list[list[int]]:
@@ -157,7 +181,8 @@ class BlockInputs:
         if self.per_sample and self.per_sample[0]:
             for key in self.per_sample[0]:
                 kwargs[key] = move(_concat([self.per_sample[i][key] for i in indices]), device)
-        return hidden, move(self.args, device), kwargs
+        args = tuple(kwargs.pop(f"{POSITIONAL}{i}") for i in range(self.positional))
+        return hidden, args, kwargs
 
     def loss_mask(self, indices: Sequence[int], device: torch.device) -> torch.Tensor | None:
         """``[B, L]`` loss weights for a batch, or None when no sample in it has padding."""

@@ -53,7 +53,7 @@ def capture_block_inputs(
     try:
         with torch.no_grad():
             for sample in samples:
-                inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
+                inputs = move(sample, device)
                 try:
                     model(**inputs, use_cache=False)
                 except StopForward:
