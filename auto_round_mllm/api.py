@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from auto_round_mllm.config import QuantJob
+from auto_round_mllm.config import QuantJob, TuningConfig
 from auto_round_mllm.data.calib_set import CalibrationSet, build_calibration_set
 from auto_round_mllm.data.processors import processor_for
 from auto_round_mllm.data.sample import SourceSamples
@@ -25,7 +25,12 @@ from auto_round_mllm.data.templates import ChatTemplate, resolve_template
 from auto_round_mllm.errors import UserError
 from auto_round_mllm.export import EXPORTERS, ExportInput
 from auto_round_mllm.export.writer import atomic_output, check_output_dir, write_json
-from auto_round_mllm.models.family import ModelFamily, family_for_model_type, select_blocks
+from auto_round_mllm.models.family import (
+    ModelFamily,
+    family_for_model_type,
+    select_blocks,
+    vision_block_lists,
+)
 from auto_round_mllm.models.loading import (
     LoadedModel,
     load_model,
@@ -33,7 +38,15 @@ from auto_round_mllm.models.loading import (
     resolve_model_dir,
     torch_dtype,
 )
-from auto_round_mllm.pipeline.blockwise import BlockReport, ProgressSink, quantize_blocks
+from auto_round_mllm.pipeline.blockwise import (
+    BlockReport,
+    ProgressSink,
+    Streams,
+    place_outside_blocks,
+    quantize_blocks,
+)
+from auto_round_mllm.pipeline.cache import BlockInputs
+from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.pipeline.plan import LayerDecision, plan_layers
 from auto_round_mllm.quant.tunable import QuantizedWeight
 from auto_round_mllm.tuning import tuner_for
@@ -120,10 +133,11 @@ def plan_calibration(job: QuantJob, model_type: str, family: ModelFamily) -> Cal
     notes = [notice] if notice else []
     if job.tuning.iters == 0:
         return CalibrationPlan(template, None, notes)
+    needs_images = job.quant_nontext_module or not family.text_only_calibration
     spec = job.data.dataset
     if spec is None:
         spec = default_dataset_for(template.default_dataset, extra_data_dir=job.data.extra_data_dir)
-        if not family.text_only_calibration and spec == EMBEDDED:
+        if needs_images and spec == EMBEDDED:
             spec = EMBEDDED_IMAGES
             notes.append(
                 f"{family.name} cannot calibrate on text alone: using the embedded image-text conversations"
@@ -131,9 +145,10 @@ def plan_calibration(job: QuantJob, model_type: str, family: ModelFamily) -> Cal
     source = load_samples(
         spec, extra_data_dir=job.data.extra_data_dir, max_missing_images=job.data.max_missing_images
     )
-    if not family.text_only_calibration and not any(sample.images for sample in source.samples):
+    if needs_images and not any(sample.images for sample in source.samples):
+        who = "--quant_nontext_module" if job.quant_nontext_module else f"{family.name} models"
         raise UserError(
-            f"{family.name} models need images in calibration, and {source.label} has none",
+            f"{who} need images in calibration, and {source.label} has none",
             fix=f"use --dataset {EMBEDDED_IMAGES}, or liuhaotian/llava_conv_58k with --extra_data_dir",
         )
     return CalibrationPlan(template, source, notes)
@@ -162,12 +177,21 @@ def tune(
     if len(groups) > 1:
         raise UserError(
             f"--to_quant_block_names selects blocks from several block lists ({', '.join(groups)})",
-            fix="select blocks of the text decoder only",
+            fix="select blocks of the text decoder only, and use --quant_nontext_module for the vision tower",
         )
+    text_group = groups[0]
+    modules = dict(model.named_modules())
+    vision_groups = vision_block_lists(model, loaded.family) if job.quant_nontext_module else []
+    if job.quant_nontext_module and not vision_groups:
+        raise UserError(
+            f"--quant_nontext_module: no vision blocks found in {type(model).__name__}",
+            fix="leave the flag out for text-only models",
+        )
+    vision_blocks = {g: [f"{g}.{i}" for i in range(len(modules[g]))] for g in vision_groups}
     exporters = [EXPORTERS.get(fmt) for fmt in job.export.formats]
     decisions = plan_layers(
         model,
-        block_names,
+        [name for names in vision_blocks.values() for name in names] + block_names,
         job.scheme,
         keep_patterns=tuple(job.fp_layers) + tuple(loaded.family.ignore),
         checks=[exporter.layer_problem for exporter in exporters],
@@ -184,39 +208,90 @@ def tune(
             seed=job.tuning.seed,
         )
     log.info(
-        "quantizing %d blocks of %s on %s (%s), %s, %s",
+        "quantizing %d blocks of %s%s on %s (%s), %s, %s",
         len(block_names),
-        groups[0],
+        text_group,
+        "".join(f" and {len(b)} of {g}" for g, b in vision_blocks.items()),
         device,
         precision.label,
         job.scheme.label,
         f"SignRound {job.tuning.iters} iters" if job.tuning.iters else "RTN",
     )
+    if vision_blocks and calibration is not None and calibration.image_samples == 0:
+        raise UserError(
+            "--quant_nontext_module: no calibration sample with an image could be processed "
+            f"({'; '.join(calibration.notes) or 'no image samples'})",
+            fix="check that the model's processor loads (see the notes) and that the dataset has images",
+        )
+    samples = calibration.samples if calibration else None
+    common = dict(decisions=decisions, samples=samples, device=device, precision=precision)
+    progress = progress or ProgressSink()
+    progress.start(len(block_names) + sum(len(b) for b in vision_blocks.values()))
+    qweights: dict[str, QuantizedWeight] = {}
+    reports: list[BlockReport] = []
+    text_streams = None
+    if vision_blocks and tuner.needs_data:
+        # The text blocks' full-precision stream comes from the fp model; their quantized stream is
+        # captured again once the vision tower is quantized, so its error reaches text calibration.
+        full = capture_text_inputs(model, modules[block_names[0]], text_group, samples, device)
+    vision_config = vision_tuning(job.tuning)
+    for group, names in vision_blocks.items():
+        vision_result = quantize_blocks(
+            model,
+            group=group,
+            block_names=names,
+            tuner=tuner_for(vision_config),
+            config=vision_config,
+            progress=progress,
+            **common,
+        )
+        qweights.update(vision_result.qweights)
+        reports.extend(vision_result.blocks)
+    if vision_blocks and tuner.needs_data:
+        text_streams = Streams(
+            full, capture_text_inputs(model, modules[block_names[0]], text_group, samples, device)
+        )
     result = quantize_blocks(
         model,
-        group=groups[0],
+        group=text_group,
         block_names=block_names,
-        decisions=decisions,
         tuner=tuner,
         config=job.tuning,
-        samples=calibration.samples if calibration else None,
-        device=device,
-        precision=precision,
         progress=progress,
+        streams=text_streams,
+        **common,
     )
+    progress.finish()
+    qweights.update(result.qweights)
+    reports.extend(result.blocks)
     model.to("cpu")
     return TunedModel(
         loaded=loaded,
-        qweights=result.qweights,
+        qweights=qweights,
         decisions=decisions,
-        block_groups=groups,
-        blocks=result.blocks,
+        block_groups=[*vision_blocks, text_group],
+        blocks=reports,
         calibration=calibration,
         plan=plan,
         device=str(device),
         precision=precision.label,
         seconds=time.perf_counter() - started,
     )
+
+
+def vision_tuning(tuning: TuningConfig) -> TuningConfig:
+    """Vision blocks take one sample per step (auto-round's rule): their hidden states carry no
+    batch dimension in several towers (Qwen2-VL's packed patches), so samples are not concatenated;
+    gradient accumulation keeps the number of samples per step."""
+    steps = tuning.batch_size * tuning.gradient_accumulate_steps
+    return dataclasses.replace(tuning, batch_size=1, gradient_accumulate_steps=steps)
+
+
+def capture_text_inputs(
+    model: torch.nn.Module, block: torch.nn.Module, group: str, samples: list, device: torch.device
+) -> BlockInputs:
+    place_outside_blocks(model, [group], device)
+    return capture_block_inputs(model, block, samples, device=device, cache_device=device)
 
 
 def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:

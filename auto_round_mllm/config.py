@@ -215,6 +215,7 @@ class QuantJob:
     model_dtype: str = "auto"
     fp_layers: tuple[str, ...] = ()
     to_quant_block_names: tuple[str, ...] = ()
+    quant_nontext_module: bool = False
     trust_remote_code: bool = False
     version: int = 1
 
@@ -281,6 +282,7 @@ def job_from_flags(
     model_dtype: str = "auto",
     fp_layers: str | tuple[str, ...] = (),
     to_quant_block_names: str | tuple[str, ...] = (),
+    quant_nontext_module: bool = False,
     dataset: str | None = None,
     template: str | None = None,
     extra_data_dir: str | None = None,
@@ -326,5 +328,6 @@ def job_from_flags(
         model_dtype=model_dtype,
         fp_layers=split_list(fp_layers),
         to_quant_block_names=split_list(to_quant_block_names),
+        quant_nontext_module=quant_nontext_module,
         trust_remote_code=trust_remote_code,
     )

@@ -134,6 +134,12 @@ def quantize_command(
         *names("--to_quant_block_names"),
         help="Comma list of regexes selecting blocks to tune (default: all text decoder blocks).",
     ),
+    quant_nontext_module: bool = typer.Option(
+        False,
+        *names("--quant_nontext_module"),
+        help="Also quantize the vision tower's blocks (batch 1 with gradient accumulation); the text "
+        "blocks then calibrate on the quantized vision tower's output.",
+    ),
     dataset: str = typer.Option(
         None,
         *names("--dataset"),

@@ -31,6 +31,7 @@ class RichProgress(ProgressSink):
         self.blocks_task = None
         self.iters_task = None
         self.total = 0
+        self.done = 0
 
     def start(self, total_blocks: int) -> None:
         self.total = total_blocks
@@ -43,7 +44,9 @@ class RichProgress(ProgressSink):
         if self.iters_task is not None:
             self.progress.update(self.iters_task, completed=step + 1)
 
-    def block_done(self, index: int, report: BlockReport) -> None:
+    def block_done(self, report: BlockReport) -> None:
+        self.done += 1
+        index = self.done
         losses = ""
         if report.rtn_loss is not None:
             losses = (

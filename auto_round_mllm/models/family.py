@@ -96,6 +96,16 @@ def text_block_list(model: nn.Module, family: ModelFamily) -> str:
     return max(candidates, key=lambda path: len(modules[path]))
 
 
+def vision_block_lists(model: nn.Module, family: ModelFamily) -> list[str]:
+    """The vision tower's block lists in forward order: every registered path that exists (mllama
+    has a local and a global encoder), else the discovered lists whose path names vision."""
+    modules = dict(model.named_modules())
+    found = [path for path in family.vision_blocks if isinstance(modules.get(path), nn.ModuleList)]
+    if found or family.vision_blocks:
+        return found
+    return [path for path in discover_block_lists(model) if is_vision_path(path) and "audio" not in path]
+
+
 def select_blocks(model: nn.Module, family: ModelFamily, to_quant_block_names: tuple[str, ...]) -> list[str]:
     """Names of the blocks to tune, in order. Patterns are regex-searched in block names."""
     modules = dict(model.named_modules())

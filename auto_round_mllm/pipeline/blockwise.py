@@ -51,13 +51,17 @@ class BlockwiseResult:
 
 
 class ProgressSink:
-    """Receives progress events; the CLI renders them with rich, the API ignores them."""
+    """Receives progress events; the CLI renders them with rich, the API ignores them.
+
+    ``start`` and ``finish`` bracket the whole run (every block group); ``block_done`` comes once
+    per tuned block, in order.
+    """
 
     def start(self, total_blocks: int) -> None: ...
 
     def step(self, step: int) -> None: ...
 
-    def block_done(self, index: int, report: BlockReport) -> None: ...
+    def block_done(self, report: BlockReport) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -89,8 +93,11 @@ def forward_all(
             with precision.context():
                 out = run_block(block, hidden, args, kwargs)
             out = out.to(inputs.hidden[indices[0]].dtype)
-            for i, index in enumerate(indices):
-                outputs[index] = out[i : i + 1].to(cache)
+            # Samples were joined along dim 0; a sample may own several rows there (image tiles, or
+            # Qwen2-VL's packed patches), so split by each sample's own leading size.
+            sizes = [inputs.hidden[index].shape[0] for index in indices]
+            for index, part in zip(indices, torch.split(out, sizes), strict=True):
+                outputs[index] = part.to(cache)
     return outputs  # type: ignore[return-value]
 
 
@@ -141,8 +148,16 @@ def quantize_blocks(
     device: torch.device,
     precision: Precision,
     progress: ProgressSink | None = None,
+    streams: Streams | None = None,
+    only_samples_reaching: bool = False,
 ) -> BlockwiseResult:
-    """Quantize ``block_names`` (members of the block list ``group``) in forward order."""
+    """Quantize ``block_names`` (members of the block list ``group``) in forward order.
+
+    ``streams`` are the first block's inputs when the caller captured them (the text blocks after
+    the vision tower was quantized: full-precision and quantized streams differ from the start);
+    otherwise they are captured here from ``samples`` (with ``only_samples_reaching``, samples that
+    never reach the first block, such as text samples for a vision block, are left out).
+    """
     progress = progress or ProgressSink()
     modules = dict(model.named_modules())
     order = blocks_in_forward_order(group, len(modules[group]), block_names)
@@ -152,15 +167,20 @@ def quantize_blocks(
     def run_all(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
         return forward_all(block, inputs, device, precision, config.batch_size, device)
 
-    streams: Streams | None = None
-    if tuner.needs_data:
+    if tuner.needs_data and streams is None:
         if not samples:
             raise ValueError("the tuner needs calibration samples")
         place_outside_blocks(model, [group], device)
-        captured = capture_block_inputs(model, modules[order[0]], samples, device=device, cache_device=device)
+        captured = capture_block_inputs(
+            model,
+            modules[order[0]],
+            samples,
+            device=device,
+            cache_device=device,
+            skip_unreached=only_samples_reaching,
+        )
         streams = Streams(captured, captured)
 
-    progress.start(len(block_names))
     for block_name in order:
         block = modules[block_name]
         started = time.perf_counter()
@@ -217,6 +237,5 @@ def quantize_blocks(
         devices.empty_cache(device)
         result.blocks.append(report)
         log.debug("block %s: %s", block_name, report)
-        progress.block_done(len(result.blocks), report)
-    progress.finish()
+        progress.block_done(report)
     return result

@@ -30,7 +30,10 @@ def capture_block_inputs(
     *,
     device: torch.device,
     cache_device: torch.device,
+    skip_unreached: bool = False,
 ) -> BlockInputs:
+    """``skip_unreached``: samples whose forward never calls the block (text samples, for a vision
+    block) are left out instead of being an error."""
     captures: list[tuple[torch.Tensor, tuple, dict[str, Any]]] = []
     masks: list[torch.Tensor | None] = []
 
@@ -59,12 +62,15 @@ def capture_block_inputs(
                 except StopForward:
                     masks.append(loss_mask(sample.get("attention_mask"), captures[-1][0], cache_device))
                     continue
-                raise RuntimeError(
-                    f"the model's forward never reached block {type(block).__name__}; "
-                    "the block list does not belong to the forward path of this model"
-                )
+                if not skip_unreached:
+                    raise RuntimeError(
+                        f"the model's forward never reached block {type(block).__name__}; "
+                        "the block list does not belong to the forward path of this model"
+                    )
     finally:
         handle.remove()
+    if not captures:
+        raise ValueError(f"no calibration sample reached {type(block).__name__} (vision blocks need images)")
     return BlockInputs.from_captures(captures, masks)
 
 

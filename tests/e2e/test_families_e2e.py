@@ -68,3 +68,50 @@ def test_image_text_calibration(family, request, tmp_path):
     tuned, folder = quantize(family, model_dir, tmp_path, "embedded-images")
     assert tuned.calibration.image_samples == 4, tuned.calibration.notes
     check_reload(family, tuned, folder)
+
+
+def quantize_vision(family, model_dir, out):
+    job = job_from_flags(
+        model=str(model_dir), iters=2, nsamples=4, seqlen=96, batch_size=2, dataset="embedded-images",
+        output_dir=str(out), device="cpu", trust_remote_code=family in REMOTE, quant_nontext_module=True,
+    )  # fmt: skip
+    loaded = load_model(job.model, trust_remote_code=job.trust_remote_code)
+    tuned = api.tune(job, loaded)
+    api.write_formats(tuned, job, {"auto_round": out / "ckpt"}, {"test": True})
+    return tuned, out / "ckpt"
+
+
+@pytest.mark.parametrize("family", [f for f in VLM_FAMILIES if f not in NO_IMAGE_PROCESSOR_HERE])
+def test_quant_nontext_module(family, request, tmp_path):
+    import json
+
+    model_dir = request.getfixturevalue(f"tiny_{family}")
+    tuned, folder = quantize_vision(family, model_dir, tmp_path)
+    vision_groups = tuned.block_groups[:-1]
+    assert vision_groups and all(any(w in g for w in ("vision", "visual")) for g in vision_groups)
+    vision_layers = [name for name in tuned.qweights if name.startswith(tuple(vision_groups))]
+    assert vision_layers, "no vision Linear was quantized"
+    assert all(r.final_loss is not None for r in tuned.blocks)
+    model = tuned.loaded.model
+    reloaded = load_dequantized(folder, dtype=model.dtype, trust_remote_code=family in REMOTE)
+    ids = torch.randint(3, 1000, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+    blocks = json.loads((folder / "config.json").read_text())["quantization_config"]["block_name_to_quantize"]
+    assert len(blocks.split(",")) >= 2
+
+
+def test_quant_nontext_module_needs_a_readable_image_processor(tiny_mistral3, tmp_path):
+    with pytest.raises(UserError, match=r"no usable sample .*no image processor"):
+        quantize_vision("mistral3", tiny_mistral3, tmp_path)
+
+
+def test_vision_error_reaches_text_calibration(tiny_qwen2_vl, tmp_path):
+    """With the vision tower quantized, the text blocks' quantized stream starts from the quantized
+    vision output while targets come from the full-precision model: the first text block's RTN loss
+    grows by the vision error (auto-round calibrates both from one fp pass and misses it). Image
+    tokens are a sixth of these samples, so the growth is modest but always there."""
+    text_only, _ = quantize("qwen2_vl", tiny_qwen2_vl, tmp_path / "a", "embedded-images")
+    with_vision, _ = quantize_vision("qwen2_vl", tiny_qwen2_vl, tmp_path / "b")
+    first_text = next(b for b in with_vision.blocks if "language_model" in b.name)
+    assert first_text.rtn_loss > 1.01 * text_only.blocks[0].rtn_loss
