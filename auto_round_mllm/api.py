@@ -199,7 +199,9 @@ def tune(
     plan = plan or plan_calibration(job, loaded.model_type, loaded.family)
     calibration = None
     if tuner.needs_data and plan.source is not None:
-        processor = processor_for(plan.template.processor, loaded, plan.template)
+        # The family knows its processor; a template the user names brings its own.
+        name = plan.template.processor if job.data.template else loaded.family.processor
+        processor = processor_for(name, loaded, plan.template)
         calibration = build_calibration_set(
             plan.source,
             processor,

@@ -220,14 +220,14 @@ def run_job(job: Any, *, json_output: bool) -> None:
         render_summary(Console(), result)
 
 
-LISTABLE = ("schemes", "formats", "families", "datasets", "templates", "processors")
+LISTABLE = ("schemes", "formats", "models", "datasets", "templates", "processors")
 
 
 @app.command("list")
 def list_command(
     what: str = typer.Argument(..., help=", ".join(LISTABLE)),
 ) -> None:
-    """List the registered schemes, export formats, model families, datasets, templates or processors."""
+    """List the registered schemes, export formats, model families (models), datasets, templates or processors."""
     from auto_round_mllm.config import PRESETS
     from auto_round_mllm.data.processors import PROCESSORS
     from auto_round_mllm.data.sources import DATASETS
@@ -240,7 +240,7 @@ def list_command(
             (n, f"bits={p.bits} group_size={p.group_size} sym={p.sym}") for n, p in PRESETS.items()
         ),
         "formats": lambda: ((n, "") for n, _ in EXPORTERS.items()),
-        "families": lambda: (
+        "models": lambda: (
             (
                 n,
                 f"model types {', '.join(f.model_types) or '-'}; text blocks {', '.join(f.text_blocks) or 'found'}; "
@@ -255,6 +255,7 @@ def list_command(
         ),
         "processors": lambda: ((n, (p.__doc__ or "").strip().splitlines()[0]) for n, p in PROCESSORS.items()),
     }
+    what = {"families": "models"}.get(what, what)
     if what not in rows:
         raise UserError(f"cannot list {what!r}", fix=f"use one of: {', '.join(LISTABLE)}")
     console = Console()

@@ -53,6 +53,20 @@ def test_help_lists_every_flag_with_examples(capsys):
     assert "Examples" in out and "auto-round-mllm --model" in out
 
 
+def test_list_registries(capsys):
+    for what, needle in (
+        ("models", "qwen2_vl"),
+        ("families", "mllama"),
+        ("templates", "phi3_v"),
+        ("processors", "cogvlm2"),
+        ("datasets", "liuhaotian/llava_conv_58k"),
+    ):
+        code, out, _ = run_cli(["list", what], capsys)
+        assert code == 0 and needle in out, (what, out)
+    code, _, err = run_cli(["list", "nothing"], capsys)
+    assert code == 2 and "cannot list 'nothing'" in err
+
+
 def test_list_schemes_and_formats(capsys):
     code, out, _ = run_cli(["list", "schemes"], capsys)
     assert code == 0 and "W2A16G64" in out and "bits=2 group_size=64" in out
