@@ -3,7 +3,8 @@
 Per step: draw ``batch_size x gradient_accumulate_steps`` samples, run the block with fake-quantized
 weights on the quantized stream, take the MSE against the full-precision block's output, and move
 every parameter by ``-lr_t * sign(grad)`` with ``lr_t`` decaying linearly to 0. The parameters
-evaluated at the lowest loss are kept, as in auto-round (the last update is never evaluated).
+evaluated at the lowest loss are kept, as in auto-round (the last update is never evaluated); when
+samples come in several shapes, only batches of the largest same-shape group compete.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class CyclicBatchSampler:
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.queue: list[list[int]] = []
+        self.bucket_of = {index: number for number, bucket in enumerate(buckets) for index in bucket}
+        self.reference = max(range(len(buckets)), key=lambda number: len(buckets[number]))
+        """The largest bucket: only its batches compete for the best step (see SignRoundTuner)."""
 
     def _refill(self) -> None:
         batches: list[list[int]] = []
@@ -75,8 +79,10 @@ class SignRoundTuner:
         for step in range(cfg.iters):
             decay = 1.0 - step / cfg.iters
             step_loss = torch.zeros((), device=ctx.device)
+            comparable = True
             for _ in range(cfg.gradient_accumulate_steps):
                 indices = sampler.next()
+                comparable &= sampler.bucket_of[indices[0]] == sampler.reference
                 hidden, args, kwargs = ctx.inputs.batch(indices, ctx.device)
                 target = torch.cat([ctx.targets[i] for i in indices]).to(ctx.device, non_blocking=True)
                 with ctx.precision.context():
@@ -88,7 +94,10 @@ class SignRoundTuner:
             value = float(step_loss)
             if outcome.first_loss is None:
                 outcome.first_loss = value
-            if value < best_loss:
+            # A short image conversation and a full text chunk have losses of different scales; the
+            # best step is judged on batches of the largest same-shape group only (with one group,
+            # every step, as in auto-round).
+            if comparable and value < best_loss:
                 best_loss, outcome.best_iter = value, step
                 if cfg.use_best_mse:
                     best_state = {name: layer.snapshot() for name, layer in wrapped.items()}
@@ -96,7 +105,7 @@ class SignRoundTuner:
             sign_step(minmax_params, cfg.effective_minmax_lr * decay)
             if ctx.on_step is not None:
                 ctx.on_step(step)
-        outcome.best_loss = best_loss
+        outcome.best_loss = best_loss if outcome.best_iter is not None else None
         if best_state is not None:
             for name, layer in wrapped.items():
                 layer.restore(best_state[name])

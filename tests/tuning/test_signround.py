@@ -49,7 +49,7 @@ def samples(n=16, length=24):
     return [{"input_ids": torch.randint(0, 100, (1, length), generator=gen)} for _ in range(n)]
 
 
-def run(config: TuningConfig, scheme=QuantScheme(2, 32)):
+def run(config: TuningConfig, scheme=QuantScheme(2, 32), calibration=None):
     model = ToyModel()
     blocks = ["layers.0", "layers.1"]
     decisions = plan_layers(model, blocks, scheme, keep_patterns=(), checks=[])
@@ -60,7 +60,7 @@ def run(config: TuningConfig, scheme=QuantScheme(2, 32)):
         decisions=decisions,
         tuner=tuner_for(config),
         config=config,
-        samples=samples(),
+        samples=calibration or samples(),
         device=torch.device("cpu"),
         precision=Precision(torch.device("cpu"), None),
     )
@@ -131,3 +131,29 @@ def test_cyclic_sampler_visits_every_sample(batch_size):
         assert all(i < 8 for i in batch) or all(i >= 8 for i in batch)  # never mixes shapes
         seen.update(batch)
     assert seen == set(range(11))
+
+
+def test_best_step_is_judged_on_the_largest_same_shape_group():
+    sampler = CyclicBatchSampler([[0], [1, 2, 3, 4], [5, 6]], batch_size=2, seed=0)
+    assert sampler.reference == 1
+    assert sampler.bucket_of == {0: 0, 1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2}
+
+
+def test_a_batch_of_another_shape_never_decides_the_best_step():
+    """A zero-input sample's loss is exactly 0 whatever the rounding (the output is the bias): if its
+    batch could compete, the best loss would be 0 and the best step an accident of sampling."""
+    from auto_round_mllm.pipeline.cache import BlockInputs
+    from auto_round_mllm.quant.tunable import wrap_linears
+    from auto_round_mllm.tuning.base import TuneContext
+    from auto_round_mllm.tuning.signround import SignRoundTuner
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(16, 32))
+    hidden = [torch.randn(1, 8, 16) @ torch.randn(16, 16) for _ in range(7)] + [torch.zeros(1, 2, 16)]
+    with torch.no_grad():
+        targets = [block(h) for h in hidden]
+    inputs = BlockInputs.from_captures([(h, (), {}) for h in hidden])
+    wrapped = wrap_linears(block, lambda name: QuantScheme(2, 16))
+    ctx = TuneContext(inputs, targets, torch.device("cpu"), Precision(torch.device("cpu"), None), seed=0)
+    outcome = SignRoundTuner(TuningConfig(iters=40, batch_size=2)).tune_block(block, wrapped, ctx)
+    assert outcome.best_loss is not None and outcome.best_loss > 0
