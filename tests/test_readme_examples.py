@@ -1,0 +1,36 @@
+"""README's worked examples (custom template, processor, dataset source, family) must run."""
+
+import json
+import re
+from pathlib import Path
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+
+
+def test_the_template_example_is_a_valid_template(tmp_path):
+    from auto_round_mllm.data.templates import load_template_file
+
+    (example,) = [b for b in blocks("json") if '"format_user"' in b]
+    path = tmp_path / "my_vlm.json"
+    path.write_text(example)
+    template = load_template_file(path)
+    assert template.processor == "hf" and json.loads(example)["extra_encode"] is True
+    rendered = template.render(
+        [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": "A cat."}]
+    )
+    assert rendered.startswith("<|system|>You are a careful assistant.<|end|>\n<|user|><|img|>")
+
+
+def test_the_python_examples_run():
+    from auto_round_mllm.data.processors import PROCESSORS
+    from auto_round_mllm.data.sources import DATASETS
+    from auto_round_mllm.models.family import FAMILIES
+
+    for code in blocks("python"):
+        if "register_processor" in code or "register_dataset" in code or "register_family" in code:
+            exec(compile(code, "README.md", "exec"), {})  # our own documentation
+    assert "my_vlm" in PROCESSORS and "my-manuals" in DATASETS and "my_vlm" in FAMILIES
