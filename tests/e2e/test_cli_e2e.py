@@ -134,3 +134,15 @@ def test_image_text_calibration_with_a_user_template(family, tiny_models, tmp_pa
     calibration = json.loads(out)["calibration"]
     assert calibration["image_samples"] == 4 and calibration["template"] == "mine"
     assert calibration["source"].startswith("embedded")
+
+
+def test_vision_layers_that_do_not_fit_are_listed_not_skipped_silently(tiny_qwen2_vl, tmp_path, capsys):
+    """Qwen2-VL's vision blocks are 128 wide: with group size 256 their attention and fc1 layers
+    cannot be grouped, and the summary says so for each."""
+    args = ["--model", str(tiny_qwen2_vl), "--quant_nontext_module", "--group_size", "256", "--iters", "0"]
+    code, out, err = run_in_process([*args, "--output_dir", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    skipped = json.loads(out)["skipped_layers"]
+    vision = {name: why for name, why in skipped.items() if ".visual." in name}
+    assert vision and all("not a multiple of group_size 256" in why for why in vision.values())
+    assert not any(".language_model." in name for name in skipped)
