@@ -44,11 +44,13 @@ class CalibrationProcessor:
         template: ChatTemplate | None = None,
         processor: Any = None,
         model: Any = None,
+        image_processor: Any = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.processor = processor
         self.template = template
         self.model = model
+        self.image_processor = image_processor or getattr(processor, "image_processor", None)
 
     def encode(self, sample: Sample, *, seqlen: int) -> dict[str, torch.Tensor]:
         if self.needs_images and not sample.images:
@@ -198,6 +200,40 @@ class MllamaCalibrationProcessor(HFProcessor):
     needs_images = True
 
 
+@register_processor("mistral3")
+class Mistral3CalibrationProcessor(HFProcessor):
+    """Mistral 3 (Pixtral vision): the hf processor, or without torchvision its token layout here.
+
+    transformers' PixtralProcessor cannot be built without torchvision, but its PIL image processor
+    works; each ``[IMG]`` then becomes, per image, rows of ``[IMG]`` patch tokens separated by
+    ``[IMG_BREAK]`` and closed by ``[IMG_END]``, as PixtralProcessor writes them.
+    """
+
+    image_token, break_token, end_token = "[IMG]", "[IMG_BREAK]", "[IMG_END]"
+
+    def encode_multimodal(self, sample: Sample) -> dict[str, torch.Tensor]:
+        if self.processor is not None:
+            return super().encode_multimodal(sample)
+        if self.image_processor is None or self.model is None:
+            raise SampleError("the model has no image processor")
+        config = self.model.config
+        patch = config.vision_config.patch_size * getattr(config, "spatial_merge_size", 1)
+        pixels = self.image_processor(
+            [load_image(path) for path in sample.images], patch_size=patch, return_tensors="pt"
+        )
+        pieces = self.prompt(sample).split(self.image_token)
+        if len(pieces) - 1 != len(sample.images):
+            raise SampleError(
+                f"the prompt has {len(pieces) - 1} image tokens for {len(sample.images)} images"
+            )
+        text = pieces[0]
+        for (height, width), piece in zip(pixels["image_sizes"].tolist(), pieces[1:], strict=True):
+            row = self.image_token * (width // patch) + self.break_token
+            text += (row * (height // patch))[: -len(self.break_token)] + self.end_token + piece
+        ids = self.tokenizer(text, return_tensors="pt")
+        return {**dict(ids), "pixel_values": pixels["pixel_values"], "image_sizes": pixels["image_sizes"]}
+
+
 @register_processor("cogvlm2")
 class CogVLM2CalibrationProcessor(CalibrationProcessor):
     """CogVLM2: no HF processor; its remote code builds inputs (``build_conversation_input_ids``).
@@ -235,5 +271,9 @@ class CogVLM2CalibrationProcessor(CalibrationProcessor):
 def processor_for(name: str, loaded: LoadedModel, template: ChatTemplate) -> CalibrationProcessor:
     """The registered processor ``name`` for a loaded model."""
     return PROCESSORS.get(name)(
-        tokenizer=loaded.tokenizer, template=template, processor=loaded.processor, model=loaded.model
+        tokenizer=loaded.tokenizer,
+        template=template,
+        processor=loaded.processor,
+        model=loaded.model,
+        image_processor=loaded.image_processor,
     )

@@ -119,7 +119,7 @@ register_family(
         vision_blocks=("model.vision_tower.transformer.layers",),
         ignore=("lm_head", "multi_modal_projector"),
         template="mistral3",
-        processor="hf",
+        processor="mistral3",
     )
 )
 register_family(

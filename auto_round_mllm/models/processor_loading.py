@@ -108,8 +108,8 @@ def _assemble_without_video(source: str, *, trust_remote_code: bool, cause: Base
     except Exception as exc:  # SmolVLM's num2words, Pixtral's torchvision-only processor class
         reason = " ".join(str(exc).split())[:160]
         notice = (
-            f"cannot build the processor here ({type(exc).__name__}: {reason}); calibrating on text only, "
-            "image samples are skipped"
+            f"cannot build the processor here ({type(exc).__name__}: {reason}); using its tokenizer and "
+            "image processor on their own (image samples need a calibration processor that can)"
         )
         return LoadedProcessor(None, tokenizer, image_processor, notice)
     if cls is base:

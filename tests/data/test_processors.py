@@ -127,3 +127,33 @@ def test_users_register_their_own_processor(tiny_llava):
     ids = processor.encode(Sample(text="hello"), seqlen=16)["input_ids"][0]
     assert loaded.tokenizer.decode(ids) == "HELLO"
     assert "shouting" in PROCESSORS.names()
+
+
+def test_mistral3_image_tokens_match_transformers_pixtral_processor(tiny_mistral3, picture, monkeypatch):
+    """Without torchvision we lay out Pixtral's image tokens ourselves; transformers' own
+    PixtralProcessor (made importable by pointing its torchvision image module at the PIL one) must
+    produce the same ids and pixels."""
+    import json
+    import sys
+
+    from auto_round_mllm.data.processors import load_image
+
+    loaded = load_model(str(tiny_mistral3))
+    assert loaded.processor is None and loaded.image_processor is not None
+    template, _ = resolve_template(None, "mistral3")
+    ours = processor_for("mistral3", loaded, template)
+    sample = conversation(picture)
+    mine = ours.encode(sample, seqlen=512)
+
+    import transformers.models.pixtral.image_processing_pil_pixtral as pil
+
+    monkeypatch.setitem(sys.modules, "transformers.models.pixtral.image_processing_pixtral", pil)
+    from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+    settings = json.loads((tiny_mistral3 / "processor_config.json").read_text())
+    settings.pop("processor_class")
+    reference = PixtralProcessor(loaded.image_processor, loaded.tokenizer, **settings)
+    expected = reference(text=[ours.prompt(sample)], images=[load_image(picture)], return_tensors="pt")
+    assert torch.equal(mine["input_ids"], expected["input_ids"])
+    assert torch.equal(mine["pixel_values"], expected["pixel_values"])
+    assert torch.equal(mine["image_sizes"], expected["image_sizes"])

@@ -1,6 +1,8 @@
 """Every registered family end to end on its tiny offline model: text-only calibration, image-text
 calibration, export, and a reload whose logits equal the fake-quantized model's, then generation."""
 
+import sys
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from auto_round_mllm.models.loading import load_model
 REMOTE = {"phi3_v", "cogvlm2"}
 TEXT_ONLY_MODELS = {"llama", "qwen2"}
 NEEDS_IMAGES = {"mllama", "cogvlm2"}  # text-only calibration would leave layers without data
-NO_IMAGE_PROCESSOR_HERE = {"mistral3"}  # PixtralProcessor needs torchvision
+NO_IMAGE_PROCESSOR_HERE: set[str] = set()  # every family calibrates on images here
 LINEARS_PER_LAYER = {"phi3_v": 4, "cogvlm2": 10}
 VLM_FAMILIES = [
     "qwen2_vl", "llava", "qwen2_5_vl", "qwen3_vl", "llava_next", "mllama", "idefics3", "smolvlm",
@@ -101,9 +103,20 @@ def test_quant_nontext_module(family, request, tmp_path):
     assert len(blocks.split(",")) >= 2
 
 
-def test_quant_nontext_module_needs_a_readable_image_processor(tiny_mistral3, tmp_path):
+def test_quant_nontext_module_needs_a_readable_image_processor(tiny_llava, tmp_path, monkeypatch):
+    """A model whose processor cannot be built (SmolVLM without num2words, say) cannot tune vision."""
+    from auto_round_mllm.models import loading
+
+    real = loading.load_model
+
+    def without_processor(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        loaded.processor = loaded.image_processor = None
+        return loaded
+
+    monkeypatch.setattr(sys.modules[__name__], "load_model", without_processor)
     with pytest.raises(UserError, match=r"no usable sample .*no image processor"):
-        quantize_vision("mistral3", tiny_mistral3, tmp_path)
+        quantize_vision("llava", tiny_llava, tmp_path)
 
 
 def test_vision_error_reaches_text_calibration(tiny_qwen2_vl, tmp_path):
