@@ -183,7 +183,7 @@ def test_processors_datasets_and_extra_encode():
         "idefics3": "hf",
         "smolvlm": "hf",
         "gemma3": "hf",
-        "mistral3": "hf",
+        "mistral3": "mistral3",
     }
     for name in BUILT_IN:
         dataset = TEMPLATES.get(name).default_dataset
