@@ -146,9 +146,9 @@ def plan_calibration(job: QuantJob, model_type: str, family: ModelFamily) -> Cal
         spec, extra_data_dir=job.data.extra_data_dir, max_missing_images=job.data.max_missing_images
     )
     if needs_images and not any(sample.images for sample in source.samples):
-        who = "--quant_nontext_module" if job.quant_nontext_module else f"{family.name} models"
+        who = "--quant_nontext_module needs" if job.quant_nontext_module else f"{family.name} models need"
         raise UserError(
-            f"{who} need images in calibration, and {source.label} has none",
+            f"{who} images in calibration, and {source.label} has none",
             fix=f"use --dataset {EMBEDDED_IMAGES}, or liuhaotian/llava_conv_58k with --extra_data_dir",
         )
     return CalibrationPlan(template, source, notes)
