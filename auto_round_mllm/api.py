@@ -24,6 +24,7 @@ from auto_round_mllm.data.sources import EMBEDDED, EMBEDDED_IMAGES, default_data
 from auto_round_mllm.data.templates import ChatTemplate, resolve_template
 from auto_round_mllm.errors import UserError
 from auto_round_mllm.export import EXPORTERS, ExportInput
+from auto_round_mllm.export.checkpoint import marlin_report
 from auto_round_mllm.export.writer import atomic_output, check_output_dir, write_json
 from auto_round_mllm.models.family import (
     ModelFamily,
@@ -87,6 +88,7 @@ class QuantResult:
     peak_rss_gb: float = 0.0
     peak_device_gb: float | None = None
     notes: list[str] = field(default_factory=list)
+    not_marlin: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -330,8 +332,26 @@ def write_formats(
     return written
 
 
+MARLIN_FORMATS = ("auto_round", "auto_round:auto_gptq", "auto_gptq")
+
+
+def kernel_notes(job: QuantJob, tuned: TunedModel) -> dict[str, str]:
+    """Layers vLLM's fast Marlin kernels cannot take, for the formats vLLM would run with Marlin."""
+    if not any(fmt in MARLIN_FORMATS for fmt in job.export.formats):
+        return {}
+    return marlin_report(tuned.qweights)
+
+
 def summarize(job: QuantJob, tuned: TunedModel) -> QuantResult:
     calib = tuned.calibration
+    not_marlin = kernel_notes(job, tuned)
+    notes = []
+    if not_marlin:
+        name, why = next(iter(not_marlin.items()))
+        notes.append(
+            f"{len(not_marlin)} of {len(tuned.qweights)} layers cannot use vLLM's Marlin kernels "
+            f"(first: {name}: {why}); vLLM runs them on slower GPTQ/AWQ kernels"
+        )
     return QuantResult(
         job=job,
         blocks=tuned.blocks,
@@ -355,7 +375,8 @@ def summarize(job: QuantJob, tuned: TunedModel) -> QuantResult:
         device=tuned.device,
         precision=tuned.precision,
         tune_seconds=tuned.seconds,
-        notes=list(tuned.plan.notes) + (list(calib.notes) if calib else []),
+        notes=list(tuned.plan.notes) + (list(calib.notes) if calib else []) + notes,
+        not_marlin=not_marlin,
     )
 
 

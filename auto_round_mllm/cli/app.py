@@ -174,7 +174,10 @@ def quantize_command(
         help="Parent folder; the checkpoint goes to OUTPUT_DIR/<model>-w{bits}g{group_size}.",
     ),
     format: str = typer.Option(
-        "auto_round", *names("--format", "--formats"), help="Export format(s), comma separated: auto_round."
+        "auto_round",
+        *names("--format", "--formats"),
+        help="Export format(s), comma separated (one sub-folder each): auto_round (default), "
+        "auto_round:auto_gptq, auto_round:auto_awq, auto_gptq, auto_awq, fake.",
     ),
     max_shard_size: str = typer.Option("5GB", *names("--max_shard_size"), help="Largest safetensors shard."),
     force: bool = typer.Option(False, *names("--force"), help="Replace an existing output folder."),

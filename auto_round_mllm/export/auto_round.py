@@ -1,75 +1,35 @@
 """The ``auto_round`` format (``quant_method: "auto-round"``), as auto-round, transformers and vLLM read it.
 
-Symmetric schemes are written with ``packing_format: "auto_round:auto_gptq"``: GPTQ v1 tensors
-(``qweight`` packed along the input dimension, ``qzeros`` packed along the output dimension with the
-zero point minus one, fp16 ``scales``), which vLLM and every GPTQ kernel load. Asymmetric schemes use
-auto-round's native ``auto_round`` packing: the same layout with exact zero points, read by
-auto-round and GPTQModel but not by vLLM (a warning says so).
+``--format auto_round`` picks the packing the way auto-round does: symmetric schemes are written as
+``auto_round:auto_gptq`` (GPTQ v1 tensors, which vLLM and every GPTQ kernel load); asymmetric 4-bit
+as ``auto_round:auto_awq`` (AWQ GEMM tensors with exact zeros, loadable by vLLM's AWQ kernels);
+other asymmetric widths in auto-round's native packing (GPTQ layout with exact zeros: auto-round
+and GPTQModel load it, vLLM does not, and a warning says so). ``auto_round:auto_gptq`` and
+``auto_round:auto_awq`` name a packing explicitly.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from auto_round_mllm import __version__
 from auto_round_mllm.config import QuantScheme, TuningConfig
 from auto_round_mllm.errors import IncompatibleScheme
 from auto_round_mllm.export.base import ExportInput, register_exporter
-from auto_round_mllm.export.naming import checkpoint_namer, module_checkpoint_name
-from auto_round_mllm.export.writer import copy_processing_files, write_json, write_safetensors
-from auto_round_mllm.quant.packing import chunk_shape, pack_cols, pack_rows
-from auto_round_mllm.quant.tunable import QuantizedWeight
+from auto_round_mllm.export.checkpoint import Namer, both_conventions, marlin_report, write_checkpoint
+from auto_round_mllm.export.layouts import awq_layer_problem, gptq_layer_problem, pack_awq, pack_gptq
 
 log = logging.getLogger(__name__)
 
 # The auto-round release whose on-disk contract we follow (its loader reads this key).
 AUTOROUND_FORMAT_VERSION = "0.16.1"
 GPTQ_PACKING = "auto_round:auto_gptq"
+AWQ_PACKING = "auto_round:auto_awq"
 NATIVE_PACKING = "auto_round"
-
-
-def pack_gptq(qw: QuantizedWeight, *, zero_offset: int) -> dict[str, torch.Tensor]:
-    """GPTQ tensors of one layer. ``zero_offset`` is 1 for the v1 "zero minus one" convention."""
-    tensors = {
-        "qweight": pack_rows(qw.codes.to(torch.int32).t().contiguous(), qw.bits),
-        "qzeros": pack_cols((qw.zp.t() - zero_offset).contiguous(), qw.bits),
-        "scales": qw.scale.t().contiguous().to(torch.float16),
-    }
-    if qw.bias is not None:
-        tensors["bias"] = qw.bias.to(torch.float16)
-    return tensors
-
-
-def gptq_layer_problem(layer: nn.Linear, scheme: QuantScheme) -> str | None:
-    """GPTQ packing needs whole int32 words along both dimensions."""
-    values, _ = chunk_shape(scheme.bits)
-    if layer.in_features % values:
-        return f"in_features {layer.in_features} is not a multiple of {values} ({scheme.bits}-bit packing)"
-    if layer.out_features % values:
-        return f"out_features {layer.out_features} is not a multiple of {values} ({scheme.bits}-bit packing)"
-    return None
-
-
-def both_conventions(name_for, module_names: list[str]) -> list[str]:
-    """Checkpoint names first, then transformers 5 module names where they differ.
-
-    Loaders disagree on which convention ``block_name_to_quantize`` uses: vLLM and the checkpoint
-    tensors use the checkpoint's, auto-round's loader matches the live module names. auto-round lists
-    both for Qwen2-VL; prefix tests in either convention then find the text blocks and nothing else.
-    """
-    names: list[str] = []
-    for module in module_names:
-        for name in (module_checkpoint_name(name_for, module), module):
-            if name not in names:
-                names.append(name)
-    return names
-
 
 TUNING_KEYS = (
     "iters",
@@ -99,34 +59,51 @@ def tuning_settings(tuning: TuningConfig, dataset: str | None) -> dict[str, Any]
     return settings
 
 
-@register_exporter("auto_round", aliases=("auto-round", GPTQ_PACKING))
+def packing_for(scheme: QuantScheme, requested: str | None) -> str:
+    if requested is not None:
+        return requested
+    if scheme.sym:
+        return GPTQ_PACKING
+    return AWQ_PACKING if scheme.bits == 4 else NATIVE_PACKING
+
+
 class AutoRoundExporter:
-    name = "auto_round"
+    def __init__(self, name: str, packing: str | None) -> None:
+        self.name = name
+        self.requested = packing
 
     def check(self, scheme: QuantScheme) -> None:
         if scheme.data_type != "int":
             raise IncompatibleScheme(
                 f"the auto_round format stores int weights, not {scheme.data_type}", fix="use --data_type int"
             )
+        if self.requested == AWQ_PACKING and scheme.bits != 4:
+            raise IncompatibleScheme(
+                f"{AWQ_PACKING} stores 4-bit weights only, not {scheme.bits}-bit",
+                fix="use --format auto_round (it picks a packing for any width) or --bits 4",
+            )
+        if self.requested == GPTQ_PACKING and not scheme.sym:
+            raise IncompatibleScheme(
+                f"{GPTQ_PACKING} stores zero points minus one, which asymmetric zeros of 0 cannot take",
+                fix="use --format auto_round (exact zeros) or drop --asym",
+            )
 
     def layer_problem(self, layer: nn.Linear, scheme: QuantScheme) -> str | None:
+        if packing_for(scheme, self.requested) == AWQ_PACKING:
+            return awq_layer_problem(layer, scheme)
         return gptq_layer_problem(layer, scheme)
 
-    def packing_format(self, scheme: QuantScheme) -> str:
-        return GPTQ_PACKING if scheme.sym else NATIVE_PACKING
-
-    def quantization_config(self, data: ExportInput, name_for) -> dict[str, Any]:
+    def quantization_config(self, data: ExportInput, name_for: Namer, packing: str) -> dict[str, Any]:
         scheme = data.job.scheme
-        blocks = both_conventions(name_for, data.block_groups)
         config: dict[str, Any] = {
             "quant_method": "auto-round",
-            "packing_format": self.packing_format(scheme),
+            "packing_format": packing,
             "bits": scheme.bits,
             "group_size": scheme.group_size,
             "sym": scheme.sym,
             "data_type": scheme.data_type,
             "autoround_version": AUTOROUND_FORMAT_VERSION,
-            "block_name_to_quantize": ",".join(blocks),
+            "block_name_to_quantize": ",".join(both_conventions(name_for, data.block_groups)),
             "provider": f"auto-round-mllm {__version__}",
         }
         fp_layers = [d.name for d in data.decisions.values() if not d.quantized]
@@ -138,46 +115,28 @@ class AutoRoundExporter:
 
     def write(self, data: ExportInput, folder: Path) -> dict[str, Any]:
         scheme = data.job.scheme
-        if not scheme.sym:
+        packing = packing_for(scheme, self.requested)
+        if packing == NATIVE_PACKING:
             log.warning(
                 "asymmetric %d-bit weights use auto-round's native packing: auto-round and GPTQModel load it, "
                 "vLLM does not",
                 scheme.bits,
             )
-        zero_offset = 1 if scheme.sym else 0
-        name_for = checkpoint_namer(data.model, data.source_dir)
-        tensors = model_tensors(data.model, skip_modules=set(data.qweights))
-        out = {name_for(name): tensor for name, tensor in tensors.items()}
-        for module_name, qw in data.qweights.items():
-            prefix = module_checkpoint_name(name_for, module_name)
-            for suffix, tensor in pack_gptq(qw, zero_offset=zero_offset).items():
-                out[f"{prefix}.{suffix}"] = tensor
-        shards = write_safetensors(out, folder, max_shard_size=data.job.export.max_shard_size)
-
-        quant_config = self.quantization_config(data, name_for)
-        data.model.config.save_pretrained(str(folder))
-        config_path = folder / "config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["quantization_config"] = quant_config
-        write_json(config_path, config)
-        write_json(folder / "quantization_config.json", quant_config)
-        generation_config = getattr(data.model, "generation_config", None)
-        if data.source_dir is None and generation_config is not None:
-            generation_config.save_pretrained(str(folder))
-        copy_processing_files(
+        if packing == AWQ_PACKING:
+            pack = pack_awq
+        else:
+            offset = 1 if packing == GPTQ_PACKING else 0
+            pack = lambda qw: pack_gptq(qw, zero_offset=offset)  # noqa: E731
+        facts = write_checkpoint(
+            data,
             folder,
-            source_dir=data.source_dir,
-            tokenizer=data.tokenizer,
-            processor=data.processor,
-            image_processor=data.image_processor,
+            pack=pack,
+            make_config=lambda name_for: self.quantization_config(data, name_for, packing),
+            config_files=("quantization_config.json",),
         )
-        return {"packing_format": quant_config["packing_format"], "shards": shards, "tensors": len(out)}
+        return {**facts, "packing_format": packing, "not_marlin": marlin_report(data.qweights)}
 
 
-def model_tensors(model: nn.Module, *, skip_modules: set[str]) -> dict[str, torch.Tensor]:
-    """The model's state dict without tied duplicates and without the quantized Linears' weights."""
-    from transformers.modeling_utils import remove_tied_weights_from_state_dict
-
-    state = remove_tied_weights_from_state_dict(model.state_dict(), model)
-    skipped = {f"{module}.{suffix}" for module in skip_modules for suffix in ("weight", "bias")}
-    return {name: tensor for name, tensor in state.items() if name not in skipped}
+register_exporter("auto_round", AutoRoundExporter("auto_round", None), aliases=("auto-round",))
+register_exporter(GPTQ_PACKING, AutoRoundExporter(GPTQ_PACKING, GPTQ_PACKING))
+register_exporter(AWQ_PACKING, AutoRoundExporter(AWQ_PACKING, AWQ_PACKING))

@@ -7,7 +7,6 @@ weight is loaded (:meth:`Exporter.check`), say which layers it cannot store befo
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,9 +55,6 @@ class Exporter(Protocol):
 EXPORTERS: Registry[Exporter] = Registry("export format")
 
 
-def register_exporter(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
-    def decorator(cls: type) -> type:
-        EXPORTERS.add(name, cls(), aliases=aliases)
-        return cls
-
-    return decorator
+def register_exporter(name: str, exporter: Exporter, *, aliases: tuple[str, ...] = ()) -> Exporter:
+    """Make ``exporter`` available as ``--format name``."""
+    return EXPORTERS.add(name, exporter, aliases=aliases)

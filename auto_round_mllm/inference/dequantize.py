@@ -18,9 +18,22 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from auto_round_mllm.quant.packing import unpack_cols, unpack_rows
+from auto_round_mllm.export.layouts import dequantize, unpack_awq, unpack_gptq
 
-ZERO_OFFSETS = {"auto_round:auto_gptq": 1, "auto_round": 0, "auto_round:gptqmodel": 0}
+
+def layout_of(quant_config: dict) -> tuple[str, int]:
+    """(``"gptq"`` or ``"awq"``, zero offset) of a checkpoint's packed tensors."""
+    method = quant_config.get("quant_method")
+    if method == "auto-round":
+        packing = quant_config.get("packing_format", "auto_round:auto_gptq")
+        if packing == "auto_round:auto_awq":
+            return "awq", 0
+        return "gptq", 1 if packing in ("auto_round:auto_gptq", "auto_round:gptq") else 0
+    if method == "gptq":
+        return "gptq", 0 if quant_config.get("checkpoint_format") == "gptq_v2" else 1
+    if method == "awq":
+        return "awq", 0
+    raise ValueError(f"cannot read quant_method {method!r}")
 
 
 def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -32,38 +45,27 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def dequantize_gptq(
-    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, *, bits: int, zero_offset: int
-) -> torch.Tensor:
-    """``[out, in]`` fp32 weight from GPTQ-layout tensors (trivial g_idx: group = row // group_size)."""
-    codes = unpack_rows(qweight, bits).float()  # [in, out]
-    zeros = (unpack_cols(qzeros, bits) + zero_offset).float()  # [G, out]
-    group_size = codes.shape[0] // scales.shape[0]
-    index = torch.arange(codes.shape[0]) // group_size
-    weight = scales.float()[index] * (codes - zeros[index])
-    return weight.t().contiguous()
-
-
-def dequantized_state_dict(folder: Path, quant_config: dict) -> dict[str, torch.Tensor]:
+def dequantized_state_dict(folder: Path, quant_config: dict | None) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, with each packed layer turned back into ``<layer>.weight``."""
     tensors = read_tensors(folder)
-    offset = ZERO_OFFSETS[quant_config.get("packing_format", "auto_round:auto_gptq")]
+    if quant_config is None:
+        return tensors
+    layout, offset = layout_of(quant_config)
     bits = int(quant_config["bits"])
     out: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
-        if name.endswith((".qzeros", ".scales")):
+        if name.endswith((".qzeros", ".scales", ".g_idx")):
             continue
-        if name.endswith(".qweight"):
-            prefix = name.removesuffix(".qweight")
-            weight = dequantize_gptq(
-                tensor,
-                tensors[f"{prefix}.qzeros"],
-                tensors[f"{prefix}.scales"],
-                bits=bits,
-                zero_offset=offset,
-            )
-            out[f"{prefix}.weight"] = weight
-        else:
+        if not name.endswith(".qweight"):
             out[name] = tensor
+            continue
+        prefix = name.removesuffix(".qweight")
+        parts = {key: tensors[f"{prefix}.{key}"] for key in ("qweight", "qzeros", "scales")}
+        if layout == "awq":
+            codes, zeros, scales = unpack_awq(parts)
+        else:
+            codes, zeros, scales = unpack_gptq(parts, bits=bits, zero_offset=offset)
+        out[f"{prefix}.weight"] = dequantize(codes, zeros, scales)
     return out
 
 
@@ -83,7 +85,7 @@ def load_dequantized(
 
     folder = Path(path)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    quant_config = config.pop("quantization_config")
+    quant_config = config.pop("quantization_config", None)
     state = {
         name: t.to(dtype) if t.is_floating_point() else t
         for name, t in dequantized_state_dict(folder, quant_config).items()

@@ -146,3 +146,45 @@ def test_vision_layers_that_do_not_fit_are_listed_not_skipped_silently(tiny_qwen
     vision = {name: why for name, why in skipped.items() if ".visual." in name}
     assert vision and all("not a multiple of group_size 256" in why for why in vision.values())
     assert not any(".language_model." in name for name in skipped)
+
+
+def test_several_formats_at_once_and_the_marlin_report(tiny_qwen2_vl, tmp_path, capsys):
+    args = [
+        "--model",
+        str(tiny_qwen2_vl),
+        "--scheme",
+        "W2A16G64",
+        "--iters",
+        "0",
+        "--format",
+        "auto_round,auto_gptq,fake",
+    ]
+    code, out, err = run_in_process([*args, "--output_dir", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    root = tmp_path / f"{tiny_qwen2_vl.name}-w2g64"
+    assert summary["outputs"] == {
+        f: str(root / f.replace(":", "-")) for f in ("auto_round", "auto_gptq", "fake")
+    }
+    for folder in summary["outputs"].values():
+        assert (root / folder / "quantization_report.json").is_file()
+    assert len(summary["not_marlin"]) == 28 and all("2-bit" in why for why in summary["not_marlin"].values())
+    assert any("Marlin" in note for note in summary["notes"])
+
+
+def test_format_scheme_mismatch_fails_before_loading(tiny_qwen2_vl, tmp_path, capsys):
+    code, _, err = run_in_process(
+        [
+            "--model",
+            str(tiny_qwen2_vl),
+            "--bits",
+            "2",
+            "--format",
+            "auto_awq",
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "auto_awq stores 4-bit int weights only" in err
+    assert not (tmp_path / "o").exists()

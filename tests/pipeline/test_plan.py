@@ -1,7 +1,7 @@
 from torch import nn
 
 from auto_round_mllm.config import QuantScheme
-from auto_round_mllm.export.auto_round import gptq_layer_problem
+from auto_round_mllm.export.layouts import gptq_layer_problem
 from auto_round_mllm.pipeline.plan import plan_layers
 
 

@@ -1,0 +1,117 @@
+"""What every exporter writes the same way: tensors under the source checkpoint's names, sharded,
+``config.json`` with the format's ``quantization_config``, and the processing files beside them.
+An exporter contributes only its tensor layout and its config."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from auto_round_mllm.export.base import ExportInput
+from auto_round_mllm.export.layouts import marlin_problem
+from auto_round_mllm.export.naming import checkpoint_namer, module_checkpoint_name
+from auto_round_mllm.export.writer import copy_processing_files, write_json, write_safetensors
+from auto_round_mllm.quant.tunable import QuantizedWeight
+
+Namer = Callable[[str], str]
+Packer = Callable[[QuantizedWeight], dict[str, torch.Tensor]]
+
+
+def model_tensors(model: nn.Module, *, skip_modules: set[str]) -> dict[str, torch.Tensor]:
+    """The model's state dict without tied duplicates and without the quantized Linears' weights."""
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    state = remove_tied_weights_from_state_dict(model.state_dict(), model)
+    skipped = {f"{module}.{suffix}" for module in skip_modules for suffix in ("weight", "bias")}
+    return {name: tensor for name, tensor in state.items() if name not in skipped}
+
+
+def both_conventions(name_for: Namer, module_names: list[str]) -> list[str]:
+    """Checkpoint names first, then transformers 5 module names where they differ.
+
+    Loaders disagree on which convention a module list uses: vLLM and the checkpoint tensors use the
+    checkpoint's, auto-round's and transformers' loaders match the live module names. Listing both,
+    as auto-round does for Qwen2-VL, makes either kind of prefix test find exactly these modules.
+    """
+    names: list[str] = []
+    for module in module_names:
+        for name in (module_checkpoint_name(name_for, module), module):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def write_checkpoint(
+    data: ExportInput,
+    folder: Path,
+    *,
+    pack: Packer | None,
+    make_config: Callable[[Namer], dict[str, Any] | None],
+    config_files: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Write one checkpoint into ``folder``. ``pack`` None keeps the (fake-quantized) weights."""
+    name_for = checkpoint_namer(data.model, data.source_dir)
+    quantized = set(data.qweights) if pack is not None else set()
+    tensors = {name_for(name): t for name, t in model_tensors(data.model, skip_modules=quantized).items()}
+    if pack is not None:
+        for module_name, qw in data.qweights.items():
+            prefix = module_checkpoint_name(name_for, module_name)
+            tensors.update({f"{prefix}.{suffix}": t for suffix, t in pack(qw).items()})
+    shards = write_safetensors(tensors, folder, max_shard_size=data.job.export.max_shard_size)
+
+    quant_config = make_config(name_for)
+    data.model.config.save_pretrained(str(folder))
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.pop("quantization_config", None)
+    if quant_config is not None:
+        config["quantization_config"] = quant_config
+        for name in config_files:
+            write_json(folder / name, quant_config)
+    write_json(config_path, config)
+    generation_config = getattr(data.model, "generation_config", None)
+    if data.source_dir is None and generation_config is not None:
+        generation_config.save_pretrained(str(folder))
+    copy_processing_files(
+        folder,
+        source_dir=data.source_dir,
+        tokenizer=data.tokenizer,
+        processor=data.processor,
+        image_processor=data.image_processor,
+    )
+    facts: dict[str, Any] = {"shards": shards, "tensors": len(tensors)}
+    if quant_config is not None:
+        facts["quant_method"] = quant_config.get("quant_method")
+    return facts
+
+
+def marlin_report(qweights: dict[str, QuantizedWeight]) -> dict[str, str]:
+    """Layers vLLM's Marlin kernels cannot take (they then run on slower GPTQ/AWQ kernels)."""
+    return {name: why for name, qw in qweights.items() if (why := marlin_problem(qw))}
+
+
+def fp_modules_outside(model: nn.Module, quantized: set[str]) -> list[str]:
+    """The largest subtrees holding Linears but no quantized Linear (vision tower, projector,
+    lm_head ...): AWQ's ``modules_to_not_convert`` and similar lists."""
+    out: list[str] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            names = [
+                f"{path}.{n}" if n else path for n, m in child.named_modules() if isinstance(m, nn.Linear)
+            ]
+            if not names:
+                continue
+            if not any(n in quantized for n in names):
+                out.append(path)
+            else:
+                walk(child, path)
+
+    walk(model, "")
+    return out

@@ -1,0 +1,128 @@
+"""One conformance suite for every export format: write -> reload with our reader -> logits equal
+the fake-quantized model's, for every bit width the format stores, on Qwen2-VL and LLaVA; schemes a
+format cannot store are refused before any weight is loaded."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from auto_round_mllm import api
+from auto_round_mllm.config import job_from_flags
+from auto_round_mllm.errors import IncompatibleScheme
+from auto_round_mllm.export import EXPORTERS
+from auto_round_mllm.inference.dequantize import load_dequantized, read_tensors
+from auto_round_mllm.models.loading import load_model
+
+SCHEMES = {  # (bits, group_size, asym)
+    "w2g64": (2, 64, False),
+    "w3g128": (3, 128, False),
+    "w4g128": (4, 128, False),
+    "w4g128-asym": (4, 128, True),
+    "w8g-1-asym": (8, -1, True),
+}
+STORES = {
+    "auto_round": set(SCHEMES),
+    "auto_round:auto_gptq": {"w2g64", "w3g128", "w4g128"},
+    "auto_round:auto_awq": {"w4g128", "w4g128-asym"},
+    "auto_gptq": set(SCHEMES),
+    "auto_awq": {"w4g128", "w4g128-asym"},
+    "fake": set(SCHEMES),
+}
+CASES = [(fmt, scheme) for fmt in STORES for scheme in SCHEMES]
+
+
+def job_for(model_dir, out, fmt, scheme):
+    bits, group_size, asym = SCHEMES[scheme]
+    return job_from_flags(
+        model=str(model_dir), bits=bits, group_size=group_size, asym=asym, iters=2, nsamples=4, seqlen=32,
+        batch_size=2, format=fmt, output_dir=str(out), device="cpu",
+    )  # fmt: skip
+
+
+def fake_quant_fp32(tuned):
+    model = tuned.loaded.model
+    nn.Module.float(model)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, qw in tuned.qweights.items():
+            modules[name].weight.copy_(qw.dequantize(torch.float32))
+    return model
+
+
+def test_every_registered_format_is_covered():
+    assert set(EXPORTERS.names()) == {name.replace("-", "_") for name in STORES}
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize(("fmt", "scheme"), CASES, ids=[f"{f}-{s}" for f, s in CASES])
+def test_write_reload_same_logits(family, fmt, scheme, tiny_models, tmp_path):
+    job = job_for(tiny_models[family], tmp_path, fmt, scheme)
+    if scheme not in STORES[fmt]:
+        with pytest.raises(IncompatibleScheme):
+            api.check_job(job)
+        return
+    api.check_job(job)
+    tuned = api.tune(job, load_model(job.model))
+    folder = tmp_path / "ckpt"
+    api.write_formats(tuned, job, {fmt: folder}, {"test": True})
+    ids = torch.randint(3, 1900, (2, 24), generator=torch.Generator().manual_seed(0))
+    if fmt == "fake":  # fake-quantized weights in the model dtype: the model itself, bit for bit
+        reloaded = load_dequantized(folder, dtype=tuned.loaded.model.dtype)
+        reference = tuned.loaded.model
+    else:
+        reloaded = load_dequantized(folder, dtype=torch.float32)
+        reference = fake_quant_fp32(tuned)
+    with torch.no_grad():
+        assert torch.equal(reference(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+    config = json.loads((folder / "config.json").read_text())
+    tensors = read_tensors(folder)
+    quantized = [n for n in tensors if n.endswith(".qweight")]
+    if fmt == "fake":
+        assert "quantization_config" not in config and not quantized
+        return
+    assert len(quantized) == 28
+    assert not any("vision" in n or "visual" in n for n in quantized)
+    check_contract(fmt, config["quantization_config"], tensors, job.scheme)
+
+
+def check_contract(fmt, quant, tensors, scheme):
+    if fmt.startswith("auto_round"):
+        expected = {
+            "auto_round": "auto_round:auto_gptq"
+            if scheme.sym
+            else ("auto_round:auto_awq" if scheme.bits == 4 else "auto_round"),
+            "auto_round:auto_gptq": "auto_round:auto_gptq",
+            "auto_round:auto_awq": "auto_round:auto_awq",
+        }[fmt]
+        assert quant["quant_method"] == "auto-round" and quant["packing_format"] == expected
+    elif fmt == "auto_gptq":
+        assert quant["quant_method"] == "gptq" and quant["desc_act"] is False and quant["lm_head"] is False
+        assert quant["checkpoint_format"] == ("gptq" if scheme.sym else "gptq_v2")
+        assert (quant["bits"], quant["group_size"], quant["sym"]) == (
+            scheme.bits,
+            scheme.group_size,
+            scheme.sym,
+        )
+        assert "model.language_model.layers" in quant["block_name_to_quantize"]
+        assert "self_attn.q_proj" in quant["modules_in_block_to_quantize"][0]
+        g_idx = next(t for n, t in tensors.items() if n.endswith(".g_idx"))
+        assert g_idx.dtype == torch.int32 and int(g_idx[-1]) == (g_idx.numel() - 1) // (
+            scheme.group_size if scheme.group_size > 0 else g_idx.numel()
+        )
+    elif fmt == "auto_awq":
+        assert quant["quant_method"] == "awq" and quant["version"] == "gemm" and quant["zero_point"] is True
+        not_converted = quant["modules_to_not_convert"]
+        assert "lm_head" in not_converted and any("visual" in n or "vision_tower" in n for n in not_converted)
+    scales = next(t for n, t in tensors.items() if n.endswith(".scales"))
+    assert scales.dtype == torch.float16
+
+
+def test_gptq_v1_zeros_for_symmetric(tiny_qwen2_vl, tmp_path):
+    job = job_for(tiny_qwen2_vl, tmp_path, "auto_gptq", "w4g128")
+    tuned = api.tune(job, load_model(job.model))
+    api.write_formats(tuned, job, {"auto_gptq": tmp_path / "g"}, {})
+    qzeros = next(t for n, t in read_tensors(tmp_path / "g").items() if n.endswith(".qzeros"))
+    assert (qzeros == 0x77777777).all()
+    assert json.loads((tmp_path / "g" / "quantize_config.json").read_text())["quant_method"] == "gptq"

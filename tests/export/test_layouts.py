@@ -1,0 +1,78 @@
+"""Tensor layouts against their documented contracts, and pack/unpack as exact inverses."""
+
+import pytest
+import torch
+
+from auto_round_mllm.export.layouts import (
+    dequantize,
+    marlin_problem,
+    pack_awq,
+    pack_gptq,
+    unpack_awq,
+    unpack_gptq,
+)
+from auto_round_mllm.quant.tunable import QuantizedWeight
+
+
+def random_qweight(bits, out=64, inp=128, group=32, sym=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    groups = inp // group
+    zp = (
+        torch.full((out, groups), 2 ** (bits - 1), dtype=torch.int32)
+        if sym
+        else torch.randint(0, 2**bits, (out, groups), generator=gen, dtype=torch.int32)
+    )
+    return QuantizedWeight(
+        codes=torch.randint(0, 2**bits, (out, inp), generator=gen).to(torch.uint8),
+        scale=(torch.rand(out, groups, generator=gen) - 0.5).to(torch.float16),
+        zp=zp,
+        bits=bits,
+        group_size=group,
+        sym=sym,
+        bias=torch.randn(out, generator=gen),
+    )
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_gptq_round_trip(bits, offset):
+    qw = random_qweight(bits, sym=offset == 1)
+    tensors = pack_gptq(qw, zero_offset=offset)
+    codes, zeros, scales = unpack_gptq(tensors, bits=bits, zero_offset=offset)
+    assert (
+        torch.equal(codes, qw.codes.to(torch.int32))
+        and torch.equal(zeros, qw.zp)
+        and torch.equal(scales, qw.scale)
+    )
+    assert torch.equal(dequantize(codes, zeros, scales), qw.dequantize())
+    assert tensors["qweight"].shape == (128 * bits // 32, 64) and tensors["scales"].dtype == torch.float16
+
+
+def test_awq_round_trip_and_interleave():
+    qw = random_qweight(4, sym=False)
+    tensors = pack_awq(qw)
+    assert tensors["qweight"].shape == (128, 64 // 8) and tensors["qzeros"].shape == (4, 64 // 8)
+    codes, zeros, scales = unpack_awq(tensors)
+    assert torch.equal(dequantize(codes, zeros, scales), qw.dequantize())
+    # AutoAWQ's GEMM packing: nibble i of each word holds column (0, 2, 4, 6, 1, 3, 5, 7)[i]
+    one = QuantizedWeight(
+        codes=torch.arange(8, dtype=torch.uint8).repeat_interleave(32).reshape(8, 32),
+        scale=torch.ones(8, 1, dtype=torch.float16),
+        zp=torch.arange(8, dtype=torch.int32).reshape(8, 1),
+        bits=4,
+        group_size=32,
+        sym=False,
+    )
+    packed = pack_awq(one)
+    assert int(packed["qweight"][0, 0]) == 0x75316420
+    assert int(packed["qzeros"][0, 0]) == 0x75316420
+    with pytest.raises(ValueError):
+        pack_awq(random_qweight(2))
+
+
+def test_marlin_constraints():
+    assert marlin_problem(random_qweight(4, out=64, inp=128)) is None
+    assert "asymmetric" in marlin_problem(random_qweight(4, sym=False))
+    assert "2-bit" in marlin_problem(random_qweight(2))
+    assert "out_features 96" in marlin_problem(random_qweight(4, out=96))
+    assert "in_features 96" in marlin_problem(random_qweight(4, inp=96))
