@@ -194,6 +194,11 @@ def quantize_command(
     json_output: bool = typer.Option(
         False, *names("--json"), help="Print the summary as JSON on stdout (logs stay on stderr)."
     ),
+    run_eval: bool = typer.Option(
+        False,
+        *names("--eval"),
+        help="After quantizing, run `auto-round-mllm eval` on the output against the model.",
+    ),
     debug: bool = typer.Option(False, *names("--debug"), help="Verbose logs and full tracebacks."),
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -204,23 +209,113 @@ def quantize_command(
     from auto_round_mllm.config import job_from_flags
 
     flags = dict(ctx.params)
-    for key in ("json_output", "debug", "disable_trust_remote_code"):
+    for key in ("json_output", "debug", "disable_trust_remote_code", "run_eval"):
         flags.pop(key)
     flags["trust_remote_code"] = trust_remote_code and not disable_trust_remote_code
     job = job_from_flags(**flags)
-    run_job(job, json_output=json_output)
+    run_job(job, json_output=json_output, run_eval=run_eval)
 
 
-def run_job(job: Any, *, json_output: bool) -> None:
+def run_job(job: Any, *, json_output: bool, run_eval: bool = False) -> None:
     from auto_round_mllm import api
     from auto_round_mllm.cli.summary import RichProgress, render_summary
 
     err = Console(stderr=True)
     result = api.quantize(job, progress=RichProgress(err, job.tuning.iters))
+    data = result.to_dict()
+    if run_eval:
+        from auto_round_mllm.evaluate.quality import evaluate
+
+        report = evaluate(
+            next(iter(result.outputs.values())), baseline=job.model, trust_remote_code=job.trust_remote_code
+        )
+        data["eval"] = report.to_dict()
     if json_output:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-    else:
-        render_summary(Console(), result)
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    render_summary(Console(), result)
+    if run_eval:
+        show_eval(report, json_output=False)
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option(
+        ..., *names("--model"), help="A quantized checkpoint (any format we write) or a model."
+    ),
+    baseline: str = typer.Option(
+        None,
+        *names("--baseline"),
+        help="The full-precision model, for agreement and side-by-side generation.",
+    ),
+    dataset: str = typer.Option("embedded-text", *names("--dataset"), help="Text for perplexity."),
+    image_dataset: str = typer.Option(
+        "embedded-images", *names("--image_dataset"), help="Image-text prompts for the agreement check."
+    ),
+    nsamples: int = typer.Option(8, *names("--nsamples"), help="Samples per check."),
+    seqlen: int = typer.Option(512, *names("--seqlen"), help="Tokens per text sample."),
+    tasks: str = typer.Option(
+        None, *names("--tasks"), help="lm-eval tasks (comma list); needs the lm_eval package."
+    ),
+    trust_remote_code: bool = typer.Option(False, *names("--trust_remote_code"), help="Allow remote code."),
+    json_output: bool = typer.Option(False, *names("--json"), help="Print the report as JSON on stdout."),
+    debug: bool = typer.Option(False, *names("--debug"), help="Verbose logs and full tracebacks."),
+) -> None:
+    """Check a quantized checkpoint: perplexity, agreement with the full-precision model, generation."""
+    setup_logging(debug=debug)
+    if tasks:
+        run_tasks(model, tasks)
+    from auto_round_mllm.evaluate.quality import evaluate
+
+    report = evaluate(
+        model,
+        baseline=baseline,
+        text_dataset=dataset,
+        image_dataset=image_dataset,
+        nsamples=nsamples,
+        seqlen=seqlen,
+        trust_remote_code=trust_remote_code,
+    )
+    show_eval(report, json_output=json_output)
+
+
+def run_tasks(model: str, tasks: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError(
+            "--tasks needs the lm-eval package, which is not installed",
+            fix="pip install lm-eval (and lmms-eval for multimodal tasks), or leave --tasks out",
+        )
+    from lm_eval import simple_evaluate
+
+    results = simple_evaluate(model="hf", model_args=f"pretrained={model}", tasks=tasks.split(","))
+    Console().print_json(data=results.get("results", {}))
+
+
+def show_eval(report: Any, *, json_output: bool) -> None:
+    from rich.table import Table
+
+    if json_output:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        return
+    table = Table(title="auto-round-mllm eval", title_justify="left")
+    table.add_column("check")
+    table.add_column("quantized", justify="right")
+    table.add_column("baseline", justify="right")
+    base = f"{report.baseline_perplexity:.3f}" if report.baseline_perplexity is not None else "-"
+    table.add_row(f"perplexity ({report.text_samples} text samples)", f"{report.perplexity:.3f}", base)
+    if report.kl_divergence is not None:
+        table.add_row(
+            f"KL per token vs baseline ({report.image_samples} image prompts)",
+            f"{report.kl_divergence:.4f}",
+            "0",
+        )
+        table.add_row("top-1 agreement with baseline", f"{report.top1_agreement:.1%}", "100%")
+    console = Console()
+    console.print(table)
+    for who, text in report.generation.items():
+        console.print(f"[bold]{who}:[/] {text!r}", highlight=False)
 
 
 LISTABLE = ("schemes", "formats", "models", "datasets", "templates", "processors")

@@ -1,0 +1,1 @@
+"""Quick quality checks of a quantized checkpoint against its full-precision model."""
