@@ -19,10 +19,12 @@ _LAZY = {
     "PRESETS": "auto_round_mllm.config",
     "UserError": "auto_round_mllm.errors",
     "load_dequantized": "auto_round_mllm.inference.dequantize",
+    "load_quantized": "auto_round_mllm.inference.loader",
 }
 
 __all__ = [
     "PRESETS",
+    "AutoRoundConfig",
     "AutoRoundMLLM",
     "QuantJob",
     "QuantResult",
@@ -31,6 +33,7 @@ __all__ = [
     "UserError",
     "__version__",
     "load_dequantized",
+    "load_quantized",
     "quantize",
 ]
 
@@ -39,9 +42,18 @@ if TYPE_CHECKING:
     from auto_round_mllm.config import PRESETS, QuantJob, QuantScheme, TuningConfig
     from auto_round_mllm.errors import UserError
     from auto_round_mllm.inference.dequantize import load_dequantized
+    from auto_round_mllm.inference.loader import load_quantized
 
 
 def __getattr__(name: str) -> Any:
+    if name == "AutoRoundConfig":
+        # auto-round's habit: importing AutoRoundConfig makes from_pretrained load its checkpoints.
+        from transformers import AutoRoundConfig
+
+        from auto_round_mllm.inference.loader import register_with_transformers
+
+        register_with_transformers()
+        return AutoRoundConfig
     if name in _LAZY:
         import importlib
 

@@ -76,7 +76,7 @@ def unpack_awq(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
 def dequantize(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``[out, in]`` fp32 weight: ``scale * (code - zero)`` with the group of each input column."""
     group_size = codes.shape[1] // scales.shape[1]
-    index = torch.arange(codes.shape[1]) // group_size
+    index = torch.arange(codes.shape[1], device=codes.device) // group_size
     return scales.float()[:, index] * (codes.float() - zeros.float()[:, index])
 
 

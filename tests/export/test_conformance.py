@@ -13,6 +13,8 @@ from auto_round_mllm.config import job_from_flags
 from auto_round_mllm.errors import IncompatibleScheme
 from auto_round_mllm.export import EXPORTERS
 from auto_round_mllm.inference.dequantize import load_dequantized, read_tensors
+from auto_round_mllm.inference.loader import load_quantized
+from auto_round_mllm.inference.qlinear import QuantLinear
 from auto_round_mllm.models.loading import load_model
 
 SCHEMES = {  # (bits, group_size, asym)
@@ -30,6 +32,7 @@ STORES = {
     "auto_awq": {"w4g128", "w4g128-asym"},
     "fake": set(SCHEMES),
 }
+PACKED_LOADER = {"auto_round", "auto_round:auto_gptq", "auto_round:auto_awq", "auto_awq"}
 CASES = [(fmt, scheme) for fmt in STORES for scheme in SCHEMES]
 
 
@@ -75,7 +78,13 @@ def test_write_reload_same_logits(family, fmt, scheme, tiny_models, tmp_path):
         reloaded = load_dequantized(folder, dtype=torch.float32)
         reference = fake_quant_fp32(tuned)
     with torch.no_grad():
-        assert torch.equal(reference(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+        expected = reference(input_ids=ids).logits
+        assert torch.equal(expected, reloaded(input_ids=ids).logits)
+    if fmt in PACKED_LOADER:  # and kept packed, with our QuantLinear
+        packed = load_quantized(folder, dtype=torch.float32)
+        assert sum(isinstance(m, QuantLinear) for m in packed.modules()) == 28
+        with torch.no_grad():
+            torch.testing.assert_close(packed(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
     config = json.loads((folder / "config.json").read_text())
     tensors = read_tensors(folder)
     quantized = [n for n in tensors if n.endswith(".qweight")]

@@ -1,0 +1,144 @@
+"""Load our checkpoints as quantized transformers models, with no peer package installed.
+
+A transformers quantizer for ``quant_method: "auto-round"`` (every packing we write) and ``"awq"``
+replaces the quantized Linears with :class:`QuantLinear` before the weights load, so transformers
+itself reads the packed tensors under its usual checkpoint renaming. ``load_quantized(path)`` uses
+it directly. ``register_with_transformers()`` (run when ``auto_round_mllm.AutoRoundConfig`` is
+imported) makes a plain ``from_pretrained`` use it too, but only when the ``auto-round`` package is
+absent: where it is installed, its own quantizer keeps the name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.quantizers.base import HfQuantizer
+
+from auto_round_mllm.inference.qlinear import PackedLayout, QuantLinear
+
+METHODS = ("auto-round", "awq")
+
+
+def layout_for(config: dict[str, Any]) -> PackedLayout:
+    from auto_round_mllm.inference.dequantize import layout_of
+
+    kind, offset = layout_of(config)
+    return PackedLayout(
+        kind=kind, bits=int(config["bits"]), group_size=int(config["group_size"]), zero_offset=offset
+    )
+
+
+def quantized_linear_names(model: nn.Module, config: dict[str, Any]) -> list[str]:
+    """The Linears the checkpoint stores packed, by the config's module lists (both naming
+    conventions are in our configs, so a prefix test on the live module names finds them)."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if config.get("quant_method") == "awq":
+        keep = config.get("modules_to_not_convert") or []
+        return [name for name in linears if not any(name == k or name.startswith(k + ".") for k in keep)]
+    blocks = config.get("block_name_to_quantize") or config.get("to_quant_block_names") or ""
+    prefixes = [b.strip() for b in (blocks.split(",") if isinstance(blocks, str) else blocks) if b.strip()]
+    fp = {
+        name for name, spec in (config.get("extra_config") or {}).items() if int(spec.get("bits", 16)) >= 16
+    }
+    return [
+        name
+        for name in linears
+        if any(re.match(rf"{re.escape(prefix)}\.\d+\.", name) for prefix in prefixes) and name not in fp
+    ]
+
+
+def replace_linears(model: nn.Module, config: dict[str, Any]) -> int:
+    layout = layout_for(config)
+    names = quantized_linear_names(model, config)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, child)
+        setattr(
+            parent,
+            child,
+            QuantLinear(linear.in_features, linear.out_features, layout=layout, bias=linear.bias is not None),
+        )
+    return len(names)
+
+
+class PackedWeightQuantizer(HfQuantizer):
+    """Inference-only quantizer for the checkpoints ``auto_round_mllm`` writes."""
+
+    requires_calibration = True
+
+    def validate_environment(self, *args, **kwargs) -> None:
+        """Nothing to check: the torch path needs no extra package."""
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        config = self.quantization_config.to_dict()
+        if not replace_linears(model, config):
+            raise ValueError(
+                "the quantization config names no Linear of this model (block names do not match)"
+            )
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        return model
+
+    def is_serializable(self, *args, **kwargs) -> bool:
+        return False
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def our_quantizer(methods: tuple[str, ...] = METHODS) -> Iterator[None]:
+    """Route these quant methods to :class:`PackedWeightQuantizer` for the duration."""
+    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+
+    saved = {method: AUTO_QUANTIZER_MAPPING.get(method) for method in methods}
+    AUTO_QUANTIZER_MAPPING.update(dict.fromkeys(methods, PackedWeightQuantizer))
+    try:
+        yield
+    finally:
+        for method, value in saved.items():
+            if value is None:
+                AUTO_QUANTIZER_MAPPING.pop(method, None)
+            else:
+                AUTO_QUANTIZER_MAPPING[method] = value
+
+
+def register_with_transformers() -> bool:
+    """Serve ``quant_method: "auto-round"`` from transformers when the auto-round package is absent.
+    Returns whether our quantizer is now the one transformers uses."""
+    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+    from transformers.utils import is_auto_round_available
+
+    if is_auto_round_available():
+        return False
+    AUTO_QUANTIZER_MAPPING["auto-round"] = PackedWeightQuantizer
+    return True
+
+
+def load_quantized(
+    path: str | Path, *, dtype: torch.dtype | str = "auto", trust_remote_code: bool = False, **kwargs
+):
+    """A transformers model with packed :class:`QuantLinear` layers, for any ``auto_round`` or
+    ``auto_awq`` checkpoint we write (``auto_gptq`` reads through :func:`load_dequantized` until
+    transformers can build its GPTQ config without optimum)."""
+    from auto_round_mllm.models.loading import model_class_for
+
+    folder = Path(path)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method not in METHODS:
+        raise ValueError(f"load_quantized reads quant_method {' or '.join(METHODS)}, not {method!r}")
+    cls = model_class_for(config, trust_remote_code=trust_remote_code)
+    with our_quantizer():
+        model = cls.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    return model.eval()
