@@ -167,14 +167,3 @@ def build_calibration_set(
         image_samples=image_samples,
         skipped=skipped,
     )
-
-
-def build_text_calibration(
-    texts: list[str], tokenizer, *, source: str, seqlen: int, nsamples: int, seed: int
-) -> CalibrationSet:
-    """Plain texts through the tokenizer only (the text-only path, and a convenience for tests)."""
-    from auto_round_mllm.data.processors import TextProcessor
-
-    processor = TextProcessor(tokenizer=tokenizer)
-    samples = SourceSamples(label=source, samples=[Sample(text=t) for t in texts])
-    return build_calibration_set(samples, processor, seqlen=seqlen, nsamples=nsamples, seed=seed)

@@ -33,7 +33,7 @@ from auto_round_mllm.data.context import (
     parse_extra_data_dir,
 )
 from auto_round_mllm.data.local_files import READERS, read_local
-from auto_round_mllm.data.sample import Sample, SourceSamples
+from auto_round_mllm.data.sample import SourceSamples
 from auto_round_mllm.data.source_registry import (
     DATASETS,
     DatasetSource,
@@ -53,10 +53,8 @@ __all__ = [
     "SourceSpec",
     "default_dataset_for",
     "load_samples",
-    "load_texts",
     "parse_dataset_spec",
     "register_dataset",
-    "text_samples",
 ]
 
 EMBEDDED = _embedded.EMBEDDED
@@ -221,24 +219,3 @@ def _default_source(template_default: str | None, ctx: SourceContext) -> str:
         return EMBEDDED  # the template's file or hub set is not on this machine
     DATASETS.get(candidate)  # an unknown name: UnknownName, listing the choices
     raise AssertionError("unreachable")
-
-
-def load_texts(dataset: str | None) -> tuple[str, list[str]]:
-    """Text-only view for callers that predate :func:`load_samples`: (label, texts).
-
-    ``None`` means the embedded set (its texts). Conversations are left out of a mixed source
-    (``embedded``); a source that holds only conversations is an error rather than an empty list.
-    """
-    result = load_samples(dataset or EMBEDDED)
-    texts = text_samples(result.samples)
-    if not texts:
-        raise DatasetError(
-            f"dataset {result.label} holds only image-text conversations, which this text-only path cannot use",
-            fix=f"use a text source such as --dataset {EMBEDDED}-text",
-        )
-    return result.label, texts
-
-
-def text_samples(samples: list[Sample]) -> list[str]:
-    """The plain texts among ``samples``, in order."""
-    return [sample.text for sample in samples if sample.text is not None]

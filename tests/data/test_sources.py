@@ -15,7 +15,6 @@ from auto_round_mllm.data.sources import (
     DATASETS,
     default_dataset_for,
     load_samples,
-    load_texts,
     parse_dataset_spec,
     register_dataset,
 )
@@ -218,7 +217,7 @@ def test_embedded_set_contents():
     assert sorted(p.name for p in images.glob("*.png")) == sorted(s.images[0].name for s in chats)
     assert sum(p.stat().st_size for p in images.glob("*.png")) < 100_000
     assert load_samples(None, hub_available=False).label == "embedded"
-    assert load_texts(None) == ("embedded", [s.text for s in texts])
+    assert [s.text for s in load_samples(None).samples if s.text is not None] == [s.text for s in texts]
 
 
 def test_embedded_images_ignore_extra_data_dir(tmp_path):
@@ -252,7 +251,7 @@ def test_pile_from_a_real_offline_cache(datasets_cache, no_network):
         "second doc",
     ]
     assert default_dataset_for(None, hub_available=False) == "NeelNanda/pile-10k"
-    assert load_texts("pile-10k")[1] == ["first doc", "second doc", "third doc"]
+    assert [s.text for s in load_samples("pile-10k").samples] == ["first doc", "second doc", "third doc"]
 
 
 def test_pile_offline_without_the_env_variable(datasets_cache, no_network, monkeypatch):

@@ -1,9 +1,23 @@
 import pytest
 import torch
 
-from auto_round_mllm.data.calib_set import build_text_calibration
-from auto_round_mllm.data.sources import load_texts
+from auto_round_mllm.data.calib_set import build_calibration_set
+from auto_round_mllm.data.processors import TextProcessor
+from auto_round_mllm.data.sample import Sample, SourceSamples
+from auto_round_mllm.data.sources import load_samples
 from auto_round_mllm.errors import DatasetError, UnknownName
+
+
+def load_texts(spec):
+    """(label, texts) of a text source."""
+    result = load_samples(spec)
+    return result.label, [sample.text for sample in result.samples if sample.text is not None]
+
+
+def build_text_calibration(texts, tokenizer, *, source, seqlen, nsamples, seed):
+    samples = SourceSamples(label=source, samples=[Sample(text=t) for t in texts])
+    processor = TextProcessor(tokenizer=tokenizer)
+    return build_calibration_set(samples, processor, seqlen=seqlen, nsamples=nsamples, seed=seed)
 
 
 class CharTokenizer:
@@ -16,8 +30,8 @@ class CharTokenizer:
 
 
 def test_embedded_set_is_default_and_offline():
-    label, texts = load_texts(None)
-    assert label == "embedded" and len(texts) == 79
+    label, texts = load_texts("embedded-text")
+    assert label == "embedded-text" and len(texts) == 79
     assert load_texts("embedded")[1] == texts
 
 
