@@ -24,10 +24,10 @@ VLM_FAMILIES = [
 ALL_FAMILIES = [*VLM_FAMILIES, "llama", "qwen2"]
 
 
-def quantize(family, model_dir, out, dataset):
+def quantize(family, model_dir, out, dataset, *, vision=False):
     job = job_from_flags(
         model=str(model_dir), iters=2, nsamples=4, seqlen=96, batch_size=2, dataset=dataset,
-        output_dir=str(out), device="cpu", trust_remote_code=family in REMOTE,
+        output_dir=str(out), device="cpu", trust_remote_code=family in REMOTE, quant_nontext_module=vision,
     )  # fmt: skip
     loaded = load_model(job.model, trust_remote_code=job.trust_remote_code)
     tuned = api.tune(job, loaded)
@@ -73,14 +73,7 @@ def test_image_text_calibration(family, request, tmp_path):
 
 
 def quantize_vision(family, model_dir, out):
-    job = job_from_flags(
-        model=str(model_dir), iters=2, nsamples=4, seqlen=96, batch_size=2, dataset="embedded-images",
-        output_dir=str(out), device="cpu", trust_remote_code=family in REMOTE, quant_nontext_module=True,
-    )  # fmt: skip
-    loaded = load_model(job.model, trust_remote_code=job.trust_remote_code)
-    tuned = api.tune(job, loaded)
-    api.write_formats(tuned, job, {"auto_round": out / "ckpt"}, {"test": True})
-    return tuned, out / "ckpt"
+    return quantize(family, model_dir, out, "embedded-images", vision=True)
 
 
 @pytest.mark.parametrize("family", [f for f in VLM_FAMILIES if f not in NO_IMAGE_PROCESSOR_HERE])
