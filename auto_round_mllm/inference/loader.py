@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.quantizers.base import HfQuantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from auto_round_mllm.inference.qlinear import PackedLayout, QuantLinear
 
-METHODS = ("auto-round", "awq")
+METHODS = ("auto-round", "awq", "gptq")
 
 
 def layout_for(config: dict[str, Any]) -> PackedLayout:
@@ -31,8 +32,20 @@ def layout_for(config: dict[str, Any]) -> PackedLayout:
 
     kind, offset = layout_of(config)
     return PackedLayout(
-        kind=kind, bits=int(config["bits"]), group_size=int(config["group_size"]), zero_offset=offset
+        kind=kind,
+        bits=int(config["bits"]),
+        group_size=int(config["group_size"]),
+        zero_offset=offset,
+        has_g_idx=config.get("quant_method") == "gptq",
     )
+
+
+class PackedQuantizationConfig(QuantizationConfigMixin):
+    """The checkpoint's quantization_config as it is: transformers' own GPTQConfig needs ``optimum``
+    just to be built, and none of its checks matter for reading our tensors."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.__dict__.update(kwargs)
 
 
 def quantized_linear_names(model: nn.Module, config: dict[str, Any]) -> list[str]:
@@ -98,19 +111,20 @@ class PackedWeightQuantizer(HfQuantizer):
 
 @contextlib.contextmanager
 def our_quantizer(methods: tuple[str, ...] = METHODS) -> Iterator[None]:
-    """Route these quant methods to :class:`PackedWeightQuantizer` for the duration."""
-    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+    """Route these quant methods to our config and quantizer for the duration."""
+    from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 
-    saved = {method: AUTO_QUANTIZER_MAPPING.get(method) for method in methods}
+    saved = [
+        (mapping, dict(mapping)) for mapping in (AUTO_QUANTIZER_MAPPING, AUTO_QUANTIZATION_CONFIG_MAPPING)
+    ]
     AUTO_QUANTIZER_MAPPING.update(dict.fromkeys(methods, PackedWeightQuantizer))
+    AUTO_QUANTIZATION_CONFIG_MAPPING.update(dict.fromkeys(methods, PackedQuantizationConfig))
     try:
         yield
     finally:
-        for method, value in saved.items():
-            if value is None:
-                AUTO_QUANTIZER_MAPPING.pop(method, None)
-            else:
-                AUTO_QUANTIZER_MAPPING[method] = value
+        for mapping, before in saved:
+            mapping.clear()
+            mapping.update(before)
 
 
 def register_with_transformers() -> bool:
@@ -128,9 +142,8 @@ def register_with_transformers() -> bool:
 def load_quantized(
     path: str | Path, *, dtype: torch.dtype | str = "auto", trust_remote_code: bool = False, **kwargs
 ):
-    """A transformers model with packed :class:`QuantLinear` layers, for any ``auto_round`` or
-    ``auto_awq`` checkpoint we write (``auto_gptq`` reads through :func:`load_dequantized` until
-    transformers can build its GPTQ config without optimum)."""
+    """A transformers model with packed :class:`QuantLinear` layers, for any ``auto_round``,
+    ``auto_gptq`` or ``auto_awq`` checkpoint we write."""
     from auto_round_mllm.models.loading import model_class_for
 
     folder = Path(path)

@@ -32,7 +32,7 @@ STORES = {
     "auto_awq": {"w4g128", "w4g128-asym"},
     "fake": set(SCHEMES),
 }
-PACKED_LOADER = {"auto_round", "auto_round:auto_gptq", "auto_round:auto_awq", "auto_awq"}
+PACKED_LOADER = {"auto_round", "auto_round:auto_gptq", "auto_round:auto_awq", "auto_gptq", "auto_awq"}
 CASES = [(fmt, scheme) for fmt in STORES for scheme in SCHEMES]
 
 
