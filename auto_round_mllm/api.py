@@ -37,7 +37,6 @@ from auto_round_mllm.models.loading import (
     load_model,
     read_config,
     resolve_model_dir,
-    torch_dtype,
 )
 from auto_round_mllm.pipeline.blockwise import (
     BlockReport,
@@ -51,7 +50,7 @@ from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.pipeline.plan import LayerDecision, plan_layers
 from auto_round_mllm.quant.tunable import QuantizedWeight
 from auto_round_mllm.tuning import tuner_for
-from auto_round_mllm.utils.device import choose_precision, resolve_device
+from auto_round_mllm.utils.device import choose_precision, resolve_device, torch_dtype
 from auto_round_mllm.utils.memory import peak_rss_gb
 
 log = logging.getLogger(__name__)

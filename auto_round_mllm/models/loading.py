@@ -18,6 +18,7 @@ import torch
 
 from auto_round_mllm.errors import ModelNotFound, UserError
 from auto_round_mllm.models.family import ModelFamily, family_for_model_type
+from auto_round_mllm.utils.device import torch_dtype
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 HUB_HOST = ("huggingface.co", 443)
@@ -131,10 +132,6 @@ def model_class_for(config: dict[str, Any], *, trust_remote_code: bool = False) 
         f"architecture {arch} is not available in transformers {transformers.__version__}",
         fix="upgrade transformers, or pass --trust_remote_code if the model ships its own code",
     )
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
 @dataclass

@@ -25,7 +25,6 @@ from auto_round_mllm.utils import device as devices
 from auto_round_mllm.utils.device import Precision
 
 log = logging.getLogger(__name__)
-SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -199,7 +198,7 @@ def quantize_blocks(
             block,
             scheme_lookup(decisions, block_name),
             enable_minmax_tuning=config.enable_minmax_tuning,
-            scale_dtype=SCALE_DTYPES[config.scale_dtype],
+            scale_dtype=devices.torch_dtype(config.scale_dtype),
         )
         report = BlockReport(
             name=block_name,

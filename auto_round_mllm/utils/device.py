@@ -117,6 +117,14 @@ def choose_precision(device: torch.device, model_dtype: torch.dtype, *, amp: boo
     return Precision(device, None)
 
 
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a canonical name from :mod:`auto_round_mllm.config` (float16, ...)."""
+    return DTYPES[name]
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
