@@ -27,6 +27,9 @@ import auto_round_mllm, transformers, typer, rich, safetensors, accelerate, data
 assert version("transformers").startswith("5.")
 if sys.argv[1]:
     import pytest, auto_round, ruff, num2words  # noqa: F401
+    import platform
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        import triton  # noqa: F401
 # the console script on PATH must be ours: auto-round installs one with the same name
 import shutil
 script = shutil.which("auto-round-mllm")

@@ -73,10 +73,16 @@ def unpack_awq(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return codes, zeros, tensors["scales"].t()
 
 
-def dequantize(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``[out, in]`` fp32 weight: ``scale * (code - zero)`` with the group of each input column."""
-    group_size = codes.shape[1] // scales.shape[1]
-    index = torch.arange(codes.shape[1], device=codes.device) // group_size
+def dequantize(
+    codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group_index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[out, in]`` fp32 weight: ``scale * (code - zero)`` with the group of each input column,
+    contiguous groups unless ``group_index`` (GPTQ's ``g_idx``) says otherwise."""
+    if group_index is None:
+        group_size = codes.shape[1] // scales.shape[1]
+        index = torch.arange(codes.shape[1], device=codes.device) // group_size
+    else:
+        index = group_index.to(device=codes.device, dtype=torch.long)
     return scales.float()[:, index] * (codes.float() - zeros.float()[:, index])
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from auto_round_mllm.inference.qlinear import PackedLayout, QuantLinear
+from auto_round_mllm.inference.qlinear import PackedLayout, QuantLinear, check_backend, set_backend
 
 METHODS = ("auto-round", "awq", "gptq")
 
@@ -140,10 +140,16 @@ def register_with_transformers() -> bool:
 
 
 def load_quantized(
-    path: str | Path, *, dtype: torch.dtype | str = "auto", trust_remote_code: bool = False, **kwargs
+    path: str | Path,
+    *,
+    dtype: torch.dtype | str = "auto",
+    trust_remote_code: bool = False,
+    backend: str = "auto",
+    **kwargs,
 ):
     """A transformers model with packed :class:`QuantLinear` layers, for any ``auto_round``,
-    ``auto_gptq`` or ``auto_awq`` checkpoint we write."""
+    ``auto_gptq`` or ``auto_awq`` checkpoint we write. ``backend``: see :class:`QuantLinear`."""
+    check_backend(backend)
     from auto_round_mllm.models.loading import model_class_for
 
     folder = Path(path)
@@ -154,4 +160,5 @@ def load_quantized(
     cls = model_class_for(config, trust_remote_code=trust_remote_code)
     with our_quantizer():
         model = cls.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    set_backend(model, backend)
     return model.eval()
