@@ -25,7 +25,7 @@ from auto_round_mllm.data.templates import ChatTemplate, resolve_template
 from auto_round_mllm.errors import UserError
 from auto_round_mllm.export import EXPORTERS, ExportInput
 from auto_round_mllm.export.checkpoint import marlin_report
-from auto_round_mllm.export.writer import atomic_output, check_output_dir, write_json
+from auto_round_mllm.export.writer import atomic_outputs, check_output_dir, write_json
 from auto_round_mllm.models.family import (
     ModelFamily,
     family_for_model_type,
@@ -35,6 +35,7 @@ from auto_round_mllm.models.family import (
 from auto_round_mllm.models.loading import (
     LoadedModel,
     load_model,
+    model_skeleton,
     read_config,
     resolve_model_dir,
 )
@@ -92,6 +93,21 @@ class QuantResult:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["job"] = self.job.to_dict()
+        return data
+
+    # Measurements of this run rather than facts about the checkpoint: the CLI shows them, the
+    # report written beside the weights leaves them out so that reruns write identical bytes.
+    MEASURED: ClassVar[tuple[str, ...]] = ("tune_seconds", "total_seconds", "peak_rss_gb", "peak_device_gb")
+    MEASURED_PER_BLOCK: ClassVar[tuple[str, ...]] = ("seconds", "peak_device_gb")
+
+    def checkpoint_report(self) -> dict[str, Any]:
+        data = self.to_dict()
+        for key in self.MEASURED:
+            data.pop(key)
+        data.pop("outputs")
+        for block in data["blocks"]:
+            for key in self.MEASURED_PER_BLOCK:
+                block.pop(key)
         return data
 
 
@@ -197,6 +213,7 @@ def tune(
         keep_patterns=tuple(job.fp_layers) + tuple(loaded.family.ignore),
         checks=[exporter.layer_problem for exporter in exporters],
     )
+    check_something_quantizes(decisions, job)
     plan = plan or plan_calibration(job, loaded.model_type, loaded.family)
     calibration = None
     if tuner.needs_data and plan.source is not None:
@@ -282,6 +299,47 @@ def tune(
     )
 
 
+def check_architecture(model_dir: Path, job: QuantJob, family: ModelFamily) -> None:
+    """Find the blocks to quantize on a meta-device skeleton, before any weight is read: an
+    architecture without transformer blocks fails here in a second."""
+    config = read_config(model_dir)
+    try:
+        skeleton = model_skeleton(model_dir, config, trust_remote_code=job.trust_remote_code)
+    except UserError:
+        raise
+    except Exception as exc:  # remote code that cannot build on meta: the real load decides
+        log.debug("no meta skeleton for %s: %s", model_dir, exc)
+        return
+    blocks = select_blocks(skeleton, family, job.to_quant_block_names)
+    modules = dict(skeleton.named_modules())
+    if not any(isinstance(m, torch.nn.Linear) for name in blocks for m in modules[name].modules()):
+        raise UserError(
+            f"{config['architectures'][0]} has no transformer blocks with Linear layers to quantize "
+            f"(found {blocks[0].rsplit('.', 1)[0]})",
+            fix="auto-round-mllm quantizes decoder LLMs and vision-language models (auto-round-mllm list models)",
+        )
+
+
+def check_something_quantizes(decisions: dict[str, LayerDecision], job: QuantJob) -> None:
+    """A run that would quantize no layer is a mistake in the flags, not a success to report."""
+    if any(d.quantized for d in decisions.values()):
+        return
+    if not decisions:
+        raise UserError("the chosen blocks hold no Linear layer", fix="check --to_quant_block_names")
+    first = next(iter(decisions.values()))
+    if "group_size" in (first.reason or ""):
+        widths = sorted({d.in_features for d in decisions.values()})
+        raise UserError(
+            f"group_size={job.scheme.group_size} fits no layer: no in_features "
+            f"({', '.join(map(str, widths[:6]))}) is a multiple of it",
+            fix="use a group_size that divides them (32, 64 or 128 usually do), or -1 for per-channel",
+        )
+    raise UserError(
+        f"no layer of the chosen blocks can be quantized (first: {first.name}: {first.reason})",
+        fix="check --fp_layers, --format and the scheme",
+    )
+
+
 def vision_tuning(tuning: TuningConfig) -> TuningConfig:
     """Vision blocks take one sample per step (auto-round's rule): their hidden states carry no
     batch dimension in several towers (Qwen2-VL's packed patches), so samples are not concatenated;
@@ -308,7 +366,8 @@ def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
 def write_formats(
     tuned: TunedModel, job: QuantJob, dirs: dict[str, Path], report: dict[str, Any]
 ) -> dict[str, str]:
-    """Write every requested format atomically, each with its quantization_report.json."""
+    """Write every requested format, each with its quantization_report.json; all of them land
+    together or none does."""
     loaded = tuned.loaded
     data = ExportInput(
         model=loaded.model,
@@ -321,14 +380,11 @@ def write_formats(
         processor=loaded.processor,
         image_processor=loaded.image_processor,
     )
-    written: dict[str, str] = {}
-    for fmt, folder in dirs.items():
-        exporter = EXPORTERS.get(fmt)
-        with atomic_output(folder, force=job.export.force) as staging:
-            facts = exporter.write(data, staging)
+    with atomic_outputs(list(dirs.values()), force=job.export.force) as stagings:
+        for (fmt, _), staging in zip(dirs.items(), stagings, strict=True):
+            facts = EXPORTERS.get(fmt).write(data, staging)
             write_json(staging / "quantization_report.json", {**report, "format": fmt, "export": facts})
-        written[fmt] = str(folder)
-    return written
+    return {fmt: str(folder) for fmt, folder in dirs.items()}
 
 
 MARLIN_FORMATS = ("auto_round", "auto_round:auto_gptq", "auto_gptq")
@@ -395,7 +451,9 @@ def quantize(
     if loaded is None:
         model_dir = resolve_model_dir(job.model)
         model_type = read_config(model_dir).get("model_type", "")
-        plan = plan_calibration(job, model_type, family_for_model_type(model_type))
+        family = family_for_model_type(model_type)
+        check_architecture(model_dir, job, family)
+        plan = plan_calibration(job, model_type, family)
         loaded = load_model(
             str(model_dir), model_dtype=job.model_dtype, trust_remote_code=job.trust_remote_code
         )
@@ -408,7 +466,7 @@ def quantize(
     result.peak_rss_gb = peak_rss_gb()
     device_peaks = [b.peak_device_gb for b in tuned.blocks if b.peak_device_gb is not None]
     result.peak_device_gb = max(device_peaks) if device_peaks else None
-    result.outputs = write_formats(tuned, job, dirs, result.to_dict())
+    result.outputs = write_formats(tuned, job, dirs, result.checkpoint_report())
     result.total_seconds = time.perf_counter() - started
     result.peak_rss_gb = peak_rss_gb()
     return result
@@ -513,5 +571,5 @@ class AutoRoundMLLM:
         check_job(job)
         dirs = format_dirs(Path(output_dir), formats)
         result = summarize(job, self.tuned)
-        write_formats(self.tuned, job, dirs, result.to_dict())
+        write_formats(self.tuned, job, dirs, result.checkpoint_report())
         return self.model

@@ -8,6 +8,7 @@ weight is read.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,6 +191,17 @@ class DataConfig:
             )
 
 
+def parse_size(size: str | int) -> int:
+    """Bytes in a size like ``5GB``, ``500MB`` or ``2GiB``."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, flags=re.IGNORECASE)
+    if not match:
+        raise UserError(f"shard size {size!r} is not understood", fix="use a size like 5GB or 500MB")
+    units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    return int(float(match.group(1)) * units.get((match.group(2) or "b").lower(), 1))
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     formats: tuple[str, ...] = ("auto_round",)
@@ -200,6 +212,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if not self.formats:
             raise UserError("no export format given", fix="use --format auto_round")
+        if parse_size(self.max_shard_size) <= 0:
+            raise UserError(f"max_shard_size={self.max_shard_size!r} must be positive", fix="use e.g. 5GB")
 
 
 @dataclass(frozen=True)

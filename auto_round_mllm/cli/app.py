@@ -211,7 +211,11 @@ def quantize_command(
     flags = dict(ctx.params)
     for key in ("json_output", "debug", "disable_trust_remote_code", "run_eval"):
         flags.pop(key)
-    flags["trust_remote_code"] = trust_remote_code and not disable_trust_remote_code
+    if trust_remote_code and disable_trust_remote_code:
+        raise UserError(
+            "--trust_remote_code and --disable_trust_remote_code contradict each other",
+            fix="pass only one (remote code is off unless --trust_remote_code)",
+        )
     job = job_from_flags(**flags)
     run_job(job, json_output=json_output, run_eval=run_eval)
 

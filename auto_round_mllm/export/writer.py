@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from auto_round_mllm.config import parse_size
 from auto_round_mllm.errors import OutputExists, UserError
 
 # Files of the source folder that are weights or configs we rewrite; everything else small is copied.
@@ -29,48 +30,76 @@ NOT_COPIED = re.compile(
 COPIED_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".py", ".tiktoken", ".vocab")
 
 
+def existing_ancestor(path: Path) -> Path:
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent
+
+
 def check_output_dir(path: Path, *, force: bool) -> None:
-    """Refuse an existing output unless ``--force``; check the parent is writable. Runs before loading."""
+    """Refuse an existing output unless ``--force``, and a location we cannot write. Runs before
+    loading, so a read-only or mistyped --output_dir fails in a second, not after tuning."""
     if path.exists() and not force:
         raise OutputExists(
             f"output folder {path} already exists", fix="pass --force to replace it, or pick another"
         )
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write under {parent}", fix="choose a writable --output_dir")
+    parent = existing_ancestor(path)
+    if not parent.is_dir():
+        raise UserError(f"cannot write under {parent}: it is a file", fix="choose a folder for --output_dir")
+    try:  # a real probe: os.access says yes to root even on a read-only file system
+        tempfile.TemporaryDirectory(prefix=".write-probe-", dir=parent).cleanup()
+    except OSError as exc:
+        raise UserError(
+            f"cannot write under {parent} ({exc.strerror or exc})", fix="choose a writable --output_dir"
+        ) from None
+
+
+@contextlib.contextmanager
+def atomic_outputs(finals: list[Path], *, force: bool) -> Iterator[list[Path]]:
+    """Yield one temporary folder per final folder; only when every one has been written do they
+    replace their finals, so several formats land together or not at all. On any failure the
+    temporary folders go, and so do the parent folders this call created. A failed write (disk
+    full, quota) becomes a one-line user error."""
+    created = sorted(
+        {p for final in finals for p in final.parents if not p.exists()}, key=lambda p: len(p.parts)
+    )
+    stagings: list[Path] = []
+    try:
+        for final in finals:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            stagings.append(Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)))
+        yield stagings
+        for final in finals:
+            if final.exists() and not force:
+                raise OutputExists(f"output folder {final} already exists", fix="pass --force to replace it")
+        for final, staging in zip(finals, stagings, strict=True):
+            if final.exists():
+                trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+                final.rename(trash)
+                staging.rename(final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                staging.rename(final)
+    except BaseException as exc:
+        for staging in stagings:
+            shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        if isinstance(exc, OSError):
+            raise UserError(
+                f"writing {', '.join(map(str, finals))} failed ({exc.strerror or exc}); nothing was left there",
+                fix="free disk space (or pick another --output_dir) and run again",
+            ) from exc
+        raise
 
 
 @contextlib.contextmanager
 def atomic_output(final: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``final``, on failure it is removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    """:func:`atomic_outputs` for one folder."""
+    with atomic_outputs([final], force=force) as (staging,):
         yield staging
-        if final.exists():
-            if not force:
-                raise OutputExists(f"output folder {final} already exists", fix="pass --force to replace it")
-            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-            final.rename(trash)
-            staging.rename(final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def parse_size(size: str | int) -> int:
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, flags=re.IGNORECASE)
-    if not match:
-        raise UserError(f"shard size {size!r} is not understood", fix="use a size like 5GB or 500MB")
-    units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-    return int(float(match.group(1)) * units.get((match.group(2) or "b").lower(), 1))
 
 
 def write_safetensors(

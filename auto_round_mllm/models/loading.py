@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,69 @@ def model_class_for(config: dict[str, Any], *, trust_remote_code: bool = False) 
     )
 
 
+def model_skeleton(
+    model_dir: Path, config: dict[str, Any], *, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    """The model's module tree on the meta device: shapes and names, no memory, no weights read."""
+    from transformers import AutoConfig, PreTrainedModel
+
+    cls = model_class_for(config, trust_remote_code=trust_remote_code)
+    hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
+            return cls._from_config(hf_config)
+        return cls.from_config(hf_config, trust_remote_code=trust_remote_code)
+
+
+def check_weight_files(model_dir: Path) -> None:
+    """Read every safetensors header (cheap: no tensor data) so a truncated or corrupt file is named
+    before loading starts, rather than surfacing as a deserializer exception."""
+    from safetensors import SafetensorError, safe_open
+
+    index = next(model_dir.glob("*.safetensors.index.json"), None)
+    if index is not None:
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            raise ModelNotFound(
+                f"{index} is not a valid weight index ({exc})", fix="re-download the model"
+            ) from None
+        for shard in shards:
+            if not (model_dir / shard).is_file():
+                raise ModelNotFound(
+                    f"{index.name} lists {shard}, which is missing from {model_dir}",
+                    fix="download the full model folder, including every weight shard",
+                )
+    for file in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            raise ModelNotFound(
+                f"weight file {file} is truncated or corrupt ({str(exc).splitlines()[0][:120]})",
+                fix="download it again (compare its size with the original)",
+            ) from None
+
+
+def check_loading_info(model_dir: Path, info: dict[str, Any]) -> None:
+    """Refuse weights that do not fit the architecture: transformers would initialize the missing
+    or mis-shaped tensors randomly and quantization would go on, silently, on a broken model."""
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        name, found, expected = mismatched[0]
+        raise ModelNotFound(
+            f"{len(mismatched)} weight(s) in {model_dir} have shapes that disagree with config.json "
+            f"(first: {name} is {tuple(found)}, the config implies {tuple(expected)})",
+            fix="use the config.json that came with these weights",
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelNotFound(
+            f"{len(missing)} weight(s) the architecture needs are not in {model_dir} (first: {missing[0]})",
+            fix="check that config.json's architectures/model_type match the weights, and that no shard is missing",
+        )
+
+
 @dataclass
 class LoadedModel:
     """A model ready for calibration, with what export needs to copy beside the weights."""
@@ -160,15 +224,31 @@ def load_model(spec: str, *, model_dtype: str = "auto", trust_remote_code: bool 
     family = family_for_model_type(config.get("model_type", ""))
     dtype: Any = "auto" if model_dtype == "auto" else torch_dtype(model_dtype)
     cls = model_class_for(config, trust_remote_code=trust_remote_code)
+    check_weight_files(model_dir)
     try:
-        model = cls.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, RuntimeError) as exc:
+        # weights_only: a pickled .bin file can hold code; only tensors are read from it
+        model, info = cls.from_pretrained(
+            model_dir,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            weights_only=True,
+            ignore_mismatched_sizes=True,  # reported below as one line, not transformers' table
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         raise ModelNotFound(
             f"cannot load weights from {model_dir}: {str(exc).splitlines()[0][:200]}",
             fix="check that the weight files are complete and match config.json",
         ) from exc
+    check_loading_info(model_dir, info)
     model.eval()
-    procs = load_processor(model_dir, trust_remote_code=trust_remote_code)
+    try:
+        procs = load_processor(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(
+            f"cannot load a tokenizer or processor from {model_dir} ({str(exc).splitlines()[0][:160]})",
+            fix="copy the model's tokenizer files (tokenizer.json, tokenizer_config.json ...) into the folder",
+        ) from None
     return LoadedModel(
         model=model,
         family=family,
