@@ -407,6 +407,11 @@ def summarize(job: QuantJob, tuned: TunedModel) -> QuantResult:
             f"{len(not_marlin)} of {len(tuned.qweights)} layers cannot use vLLM's Marlin kernels "
             f"(first: {name}: {why}); vLLM runs them on slower GPTQ/AWQ kernels"
         )
+    if "auto_gptq" in job.export.formats and len(tuned.block_groups) > 1:
+        notes.append(
+            "auto_gptq with quantized vision blocks: transformers' GPTQ loader (optimum) reads one block "
+            "list only; load it with auto_round_mllm.load_quantized or vLLM, or export auto_round"
+        )
     return QuantResult(
         job=job,
         blocks=tuned.blocks,

@@ -65,7 +65,10 @@ class GPTQExporter:
             "lm_head": False,
             "pack_dtype": "int32",
             "provider": f"auto-round-mllm {__version__}",
-            "block_name_to_quantize": both_conventions(name_for, data.block_groups),
+            # One string of live (transformers 5) module names: optimum prefix-tests live names
+            # with str.startswith, so a list crashes it and a checkpoint name silently matches
+            # nothing (the packed weights would be dropped and the model run on random ones).
+            "block_name_to_quantize": ",".join(data.block_groups),
             "modules_in_block_to_quantize": [in_block],
         }
         if fp_layers:

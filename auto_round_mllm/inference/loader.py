@@ -49,8 +49,10 @@ class PackedQuantizationConfig(QuantizationConfigMixin):
 
 
 def quantized_linear_names(model: nn.Module, config: dict[str, Any]) -> list[str]:
-    """The Linears the checkpoint stores packed, by the config's module lists (both naming
-    conventions are in our configs, so a prefix test on the live module names finds them)."""
+    """The Linears the checkpoint stores packed, by the config's module lists. Block prefixes are
+    tested on the live module names; a config that names no block that exists here (no key, as
+    auto-round's GPTQ export writes, or checkpoint-convention names only) falls back to the
+    family's text decoder blocks, the only ones such configs quantize."""
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if config.get("quant_method") == "awq":
         keep = config.get("modules_to_not_convert") or []
@@ -60,11 +62,17 @@ def quantized_linear_names(model: nn.Module, config: dict[str, Any]) -> list[str
     fp = {
         name for name, spec in (config.get("extra_config") or {}).items() if int(spec.get("bits", 16)) >= 16
     }
-    return [
-        name
-        for name in linears
-        if any(re.match(rf"{re.escape(prefix)}\.\d+\.", name) for prefix in prefixes) and name not in fp
-    ]
+
+    def in_blocks(prefixes: list[str]) -> list[str]:
+        patterns = [re.compile(rf"{re.escape(prefix)}\.\d+\.") for prefix in prefixes]
+        return [name for name in linears if any(p.match(name) for p in patterns) and name not in fp]
+
+    found = in_blocks(prefixes)
+    if not found:
+        from auto_round_mllm.models.family import family_for_model_type, text_block_list
+
+        found = in_blocks([text_block_list(model, family_for_model_type(model.config.model_type))])
+    return found
 
 
 def replace_linears(model: nn.Module, config: dict[str, Any]) -> int:

@@ -114,7 +114,7 @@ def check_contract(fmt, quant, tensors, scheme):
             scheme.group_size,
             scheme.sym,
         )
-        assert "model.language_model.layers" in quant["block_name_to_quantize"]
+        assert quant["block_name_to_quantize"] == "model.language_model.layers"  # one string, live names
         assert "self_attn.q_proj" in quant["modules_in_block_to_quantize"][0]
         g_idx = next(t for n, t in tensors.items() if n.endswith(".g_idx"))
         assert g_idx.dtype == torch.int32 and int(g_idx[-1]) == (g_idx.numel() - 1) // (
