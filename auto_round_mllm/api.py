@@ -49,6 +49,12 @@ from auto_round_mllm.pipeline.blockwise import (
 from auto_round_mllm.pipeline.cache import BlockInputs
 from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.pipeline.plan import LayerDecision, plan_layers
+from auto_round_mllm.pipeline.resume import (
+    ResumeState,
+    model_fingerprint,
+    resume_dir_for,
+    samples_fingerprint,
+)
 from auto_round_mllm.quant.tunable import QuantizedWeight
 from auto_round_mllm.tuning import tuner_for
 from auto_round_mllm.utils.device import choose_precision, resolve_device, torch_dtype
@@ -177,6 +183,7 @@ def tune(
     progress: ProgressSink | None = None,
     *,
     plan: CalibrationPlan | None = None,
+    resume: ResumeState | None = None,
 ) -> TunedModel:
     """Tune every chosen block; ``plan`` comes from :func:`plan_calibration` (made here if None)."""
     started = time.perf_counter()
@@ -244,7 +251,9 @@ def tune(
             fix="check that the model's processor loads (see the notes) and that the dataset has images",
         )
     samples = calibration.samples if calibration else None
-    common = dict(decisions=decisions, samples=samples, device=device, precision=precision)
+    if resume is not None:
+        resume.check_data(samples_fingerprint(samples))
+    common = dict(decisions=decisions, samples=samples, device=device, precision=precision, resume=resume)
     progress = progress or ProgressSink()
     progress.start(len(block_names) + sum(len(b) for b in vision_blocks.values()))
     qweights: dict[str, QuantizedWeight] = {}
@@ -297,6 +306,18 @@ def tune(
         precision=precision.label,
         seconds=time.perf_counter() - started,
     )
+
+
+def open_progress(job: QuantJob, model_dir: Path, *, resume: bool) -> ResumeState:
+    """The progress folder of this job's output. Output-only settings (--force, shard size) may
+    change between the killed run and its resumption; everything that shapes the tuning may not."""
+    identity = job.to_dict()
+    identity["export"] = {k: v for k, v in identity["export"].items() if k not in ("force", "max_shard_size")}
+    fingerprint = {"job": identity, "model": model_fingerprint(model_dir)}
+    folder = resume_dir_for(output_root(job))
+    if resume and not (folder / "job.json").is_file():
+        log.info("--resume: no unfinished run in %s; starting one", folder)
+    return ResumeState.open(folder, fingerprint, resume=resume, force=job.export.force)
 
 
 def check_architecture(model_dir: Path, job: QuantJob, family: ModelFamily) -> None:
@@ -446,15 +467,23 @@ def quantize(
     *,
     progress: ProgressSink | None = None,
     output_dirs: dict[str, Path] | None = None,
+    resume: bool = False,
 ) -> QuantResult:
-    """Load (unless given), tune and export; returns what the summary and report show."""
+    """Load (unless given), tune and export; returns what the summary and report show.
+
+    Progress is committed after every block to a folder beside the output (see
+    :mod:`auto_round_mllm.pipeline.resume`); a matching unfinished run there is continued,
+    ``resume`` insists on it."""
     started = time.perf_counter()
     check_job(job)
     dirs = output_dirs or format_dirs(output_root(job), job.export.formats)
     for folder in dirs.values():
         check_output_dir(folder, force=job.export.force)
+    state = None
     if loaded is None:
         model_dir = resolve_model_dir(job.model)
+        if output_dirs is None:
+            state = open_progress(job, model_dir, resume=resume)
         model_type = read_config(model_dir).get("model_type", "")
         family = family_for_model_type(model_type)
         check_architecture(model_dir, job, family)
@@ -464,7 +493,7 @@ def quantize(
         )
     else:
         plan = plan_calibration(job, loaded.model_type, loaded.family)
-    tuned = tune(job, loaded, progress, plan=plan)
+    tuned = tune(job, loaded, progress, plan=plan, resume=state)
     result = summarize(job, tuned)
     if loaded.processor_notice:
         result.notes.append(loaded.processor_notice)
@@ -472,6 +501,8 @@ def quantize(
     device_peaks = [b.peak_device_gb for b in tuned.blocks if b.peak_device_gb is not None]
     result.peak_device_gb = max(device_peaks) if device_peaks else None
     result.outputs = write_formats(tuned, job, dirs, result.checkpoint_report())
+    if state is not None:
+        state.remove()
     result.total_seconds = time.perf_counter() - started
     result.peak_rss_gb = peak_rss_gb()
     return result

@@ -191,6 +191,12 @@ def quantize_command(
         *names("--disable_trust_remote_code"),
         help="Accepted for auto-round scripts; remote code is off unless --trust_remote_code.",
     ),
+    resume: bool = typer.Option(
+        False,
+        *names("--resume"),
+        help="Continue an unfinished run of this job in the output folder, and refuse if the job "
+        "differs. A matching unfinished run is resumed even without it.",
+    ),
     json_output: bool = typer.Option(
         False, *names("--json"), help="Print the summary as JSON on stdout (logs stay on stderr)."
     ),
@@ -209,7 +215,7 @@ def quantize_command(
     from auto_round_mllm.config import job_from_flags
 
     flags = dict(ctx.params)
-    for key in ("json_output", "debug", "disable_trust_remote_code", "run_eval"):
+    for key in ("json_output", "debug", "disable_trust_remote_code", "run_eval", "resume"):
         flags.pop(key)
     if trust_remote_code and disable_trust_remote_code:
         raise UserError(
@@ -217,15 +223,20 @@ def quantize_command(
             fix="pass only one (remote code is off unless --trust_remote_code)",
         )
     job = job_from_flags(**flags)
-    run_job(job, json_output=json_output, run_eval=run_eval)
+    if resume and job.export.force:
+        raise UserError(
+            "--resume and --force contradict each other (--force discards an unfinished run)",
+            fix="pass --resume to continue it, or --force to start again",
+        )
+    run_job(job, json_output=json_output, run_eval=run_eval, resume=resume)
 
 
-def run_job(job: Any, *, json_output: bool, run_eval: bool = False) -> None:
+def run_job(job: Any, *, json_output: bool, run_eval: bool = False, resume: bool = False) -> None:
     from auto_round_mllm import api
     from auto_round_mllm.cli.summary import RichProgress, render_summary
 
     err = Console(stderr=True)
-    result = api.quantize(job, progress=RichProgress(err, job.tuning.iters))
+    result = api.quantize(job, progress=RichProgress(err, job.tuning.iters), resume=resume)
     data = result.to_dict()
     if run_eval:
         from auto_round_mllm.evaluate.quality import evaluate

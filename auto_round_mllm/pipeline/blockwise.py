@@ -8,6 +8,7 @@ block's fake-quantized output becomes the next block's quantized input.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from auto_round_mllm.config import TuningConfig
 from auto_round_mllm.pipeline.cache import BlockInputs, run_block
 from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.pipeline.plan import LayerDecision, scheme_lookup
+from auto_round_mllm.pipeline.resume import ResumeState
 from auto_round_mllm.quant.tunable import QuantizedWeight, unwrap_linears, wrap_linears
 from auto_round_mllm.tuning.base import TuneContext, Tuner
 from auto_round_mllm.utils import device as devices
@@ -149,6 +151,7 @@ def quantize_blocks(
     progress: ProgressSink | None = None,
     streams: Streams | None = None,
     only_samples_reaching: bool = False,
+    resume: ResumeState | None = None,
 ) -> BlockwiseResult:
     """Quantize ``block_names`` (members of the block list ``group``) in forward order.
 
@@ -156,6 +159,9 @@ def quantize_blocks(
     the vision tower was quantized: full-precision and quantized streams differ from the start);
     otherwise they are captured here from ``samples`` (with ``only_samples_reaching``, samples that
     never reach the first block, such as text samples for a vision block, are left out).
+
+    With ``resume``, blocks finished by an earlier (killed) run are restored instead of tuned, the
+    saved streams replace the captured ones, and every newly finished block is committed.
     """
     progress = progress or ProgressSink()
     modules = dict(model.named_modules())
@@ -165,6 +171,13 @@ def quantize_blocks(
 
     def run_all(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
         return forward_all(block, inputs, device, precision, config.batch_size, device)
+
+    finished = resume.finished(group) if resume else []
+    for entry in finished:
+        restore_block(modules[entry["block"]], entry["block"], resume, result)  # type: ignore[arg-type]
+        progress.block_done(result.blocks[-1])
+    if finished and len(finished) == len(chosen):
+        return result
 
     if tuner.needs_data and streams is None:
         if not samples:
@@ -179,6 +192,15 @@ def quantize_blocks(
             skip_unreached=only_samples_reaching,
         )
         streams = Streams(captured, captured)
+
+    if finished:
+        last = finished[-1]["block"]
+        saved = resume.load_streams(last) if resume else None
+        if streams is not None:
+            if saved is None:
+                raise RuntimeError(f"the resume folder has no activations after {last}")
+            streams = restored_streams(streams, saved, device)
+        order = order[order.index(last) + 1 :]
 
     for block_name in order:
         block = modules[block_name]
@@ -222,8 +244,8 @@ def quantize_blocks(
             outcome = tuner.tune_block(block, wrapped, ctx)
             report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss
             report.best_iter = outcome.best_iter
-        qweights = unwrap_linears(block, wrapped, write_back=True)
-        result.qweights.update({f"{block_name}.{rel}": qw.to("cpu") for rel, qw in qweights.items()})
+        qweights = {rel: qw.to("cpu") for rel, qw in unwrap_linears(block, wrapped, write_back=True).items()}
+        result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
         if ctx is not None and streams is not None and targets is not None:
             quantized_out = run_all(block, ctx.inputs)
             report.final_loss = mse(quantized_out, targets, ctx.inputs)
@@ -234,7 +256,39 @@ def quantize_blocks(
         report.peak_device_gb = devices.peak_memory_gb(device)
         block.to("cpu")
         devices.empty_cache(device)
+        if resume is not None:
+            resume.commit(block_name, qweights, dataclasses.asdict(report), stream_state(streams))
         result.blocks.append(report)
         log.debug("block %s: %s", block_name, report)
         progress.block_done(report)
     return result
+
+
+def stream_state(streams: Streams | None) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
+    """What a resume needs of the streams: their hidden states (the rest is recaptured)."""
+    if streams is None:
+        return None
+    same = streams.quantized is streams.full
+    return streams.full.hidden, None if same else streams.quantized.hidden
+
+
+def restored_streams(
+    captured: Streams, saved: tuple[list[torch.Tensor], list[torch.Tensor] | None], device: torch.device
+) -> Streams:
+    full_hidden, quantized_hidden = saved
+    full = captured.full.with_hidden([t.to(device) for t in full_hidden])
+    if quantized_hidden is None:
+        return Streams(full, full)
+    return Streams(full, captured.quantized.with_hidden([t.to(device) for t in quantized_hidden]))
+
+
+def restore_block(block: nn.Module, block_name: str, resume: ResumeState, result: BlockwiseResult) -> None:
+    """Put a finished block's quantized weights back, exactly as tuning left them."""
+    entry = next(e for e in resume.done if e["block"] == block_name)
+    qweights = resume.load_qweights(block_name)
+    with torch.no_grad():
+        for rel, qw in qweights.items():
+            layer = block.get_submodule(rel)
+            layer.weight.copy_(qw.dequantize(layer.weight.dtype))
+    result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
+    result.blocks.append(BlockReport(**entry["report"]))

@@ -28,6 +28,7 @@ class Case:
     id: str
     build: Callable[[Setup], list[str]]
     message: str  # a fragment of the expected one-line error
+    keeps_progress: bool = False  # failed after tuning: the resumable progress folder stays
 
 
 @dataclass
@@ -193,6 +194,19 @@ def disk_full(s: Setup) -> list[str]:
     return ["--model", str(s.model), "--format", "auto_round,fake"]
 
 
+def other_unfinished_run(*extra: str) -> Callable[[Setup], list[str]]:
+    """The progress folder of a killed run with other settings, where this run would resume."""
+
+    def build(s: Setup) -> list[str]:
+        folder = s.tmp / "out" / f".{s.model.name}-w4g128.resume"
+        folder.mkdir(parents=True)
+        (folder / "job.json").write_text(json.dumps({"job": {"iters": 999}, "model": {}}))
+        (folder / "progress.json").write_text(json.dumps({"blocks": []}))
+        return ["--model", str(s.model), *extra]
+
+    return build
+
+
 def hub_without_network(s: Setup) -> list[str]:
     import huggingface_hub.constants
 
@@ -258,7 +272,10 @@ CASES = [
     Case("existing-output-without-force", existing_output, "already exists"),
     Case("read-only-output-location", read_only_output, "cannot write under"),
     Case("output-under-a-file", output_under_a_file, "it is a file"),
-    Case("disk-full-while-writing", disk_full, "No space left on device"),
+    Case("disk-full-while-writing", disk_full, "No space left on device", keeps_progress=True),
+    Case("resume-with-a-different-job", other_unfinished_run("--resume"), "unfinished run of a different job"),
+    Case("unfinished-run-of-a-different-job", other_unfinished_run(), "pass --force"),
+    Case("resume-and-force", with_model("--resume", "--force"), "contradict each other"),
     Case("conflicting-trust-flags", with_model("--trust_remote_code", "--disable_trust_remote_code"), "contradict each other"),
 ]  # fmt: skip
 
@@ -300,7 +317,13 @@ def test_bad_input_gives_one_line_exit_2_and_leaves_nothing(
     assert case.message in error, err
     assert "; " in error, f"no fix named: {error}"
     assert "Traceback" not in err
-    assert (snapshot(out) if out.exists() else None) == before  # nothing written, nothing removed
+    after = snapshot(out) if out.exists() else None
+    if case.keeps_progress:
+        assert after and all(name.startswith(f".{tiny_qwen2_vl.name}-w4g128.resume/") for name in after), (
+            after
+        )
+    else:
+        assert after == before  # nothing written, nothing removed
     assert not list(tmp_path.rglob(".*.tmp-*")), "a staging folder was left behind"
     assert not (setup.tmp / "PWNED").exists()
 

@@ -1,19 +1,6 @@
 """Same seed, data and machine: byte-identical output files, for every format at once."""
 
-import pytest
-
-from auto_round_mllm.cli.app import main
-
-
-def run(args):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    return info.value.code
-
-
-def snapshot(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from tests.e2e.runs import run, snapshot
 
 
 def test_two_runs_write_identical_bytes(tiny_qwen2_vl, tmp_path, capsys):

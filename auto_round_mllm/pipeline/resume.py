@@ -1,0 +1,231 @@
+"""Crash-safe progress of a run, so a killed job resumes at its first unfinished block.
+
+After every tuned block the run commits, atomically: the block's quantized weights, its report,
+and both activation streams entering the next block (the only state the loop carries forward:
+everything else a block sees is recaptured identically from the same model and data). A resumed
+run restores the finished blocks' weights into the model, swaps the saved streams in, and goes on;
+since tuning seeds per block, the result is bit-identical to an uninterrupted run.
+
+Layout (a hidden sibling of the output folder, removed once the checkpoint is written)::
+
+    .<output name>.resume/
+      job.json                 fingerprint of the job, the model files and the calibration data
+      progress.json            finished blocks, in order, with their reports (the commit record)
+      <block>.safetensors      one per finished block: codes/scale/zp/bias of its Linears
+      streams-<block>.safetensors  activations leaving the latest finished block
+
+Every file is written to a temporary name and renamed, and ``progress.json`` is renamed last, so a
+kill at any moment leaves either the previous commit or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from auto_round_mllm.errors import UserError
+from auto_round_mllm.quant.tunable import QuantizedWeight
+
+log = logging.getLogger(__name__)
+
+PROGRESS = "progress.json"
+JOB = "job.json"
+
+
+def _streams_file(block: str) -> str:
+    return f"streams-{block}.safetensors"
+
+
+def resume_dir_for(output: Path) -> Path:
+    return output.with_name(f".{output.name}.resume")
+
+
+def model_fingerprint(model_dir: Path) -> dict[str, Any]:
+    """config.json's hash and every weight file's name and size: cheap, and it changes when the
+    model folder is swapped or re-downloaded differently."""
+    config = hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()
+    weights = sorted(
+        (p.name, p.stat().st_size)
+        for p in model_dir.iterdir()
+        if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")
+    )
+    return {"config_sha256": config, "weights": weights}
+
+
+def samples_fingerprint(samples: list[dict[str, torch.Tensor]] | None) -> str:
+    """Hash of every calibration tensor: the same flags on an edited dataset give other samples."""
+    digest = hashlib.sha256()
+    for sample in samples or []:
+        for key in sorted(sample):
+            value = sample[key]
+            if isinstance(value, torch.Tensor):
+                digest.update(key.encode())
+                digest.update(str(value.dtype).encode() + str(tuple(value.shape)).encode())
+                digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_atomic(
+        path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    )
+
+
+def _safe_name(block: str) -> str:
+    return block.replace("/", "_")
+
+
+@dataclass
+class ResumeState:
+    """The progress folder of one output. ``job`` is the fingerprint a resume must match."""
+
+    folder: Path
+    job: dict[str, Any]
+    samples: str | None = None
+    """Fingerprint of the calibration samples, written with the first commit of a fresh run."""
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder: Path, job: dict[str, Any], *, resume: bool, force: bool) -> ResumeState:
+        """Continue a matching unfinished run, or start a fresh progress folder.
+
+        A run of a different job there is refused (its hours of tuning are not thrown away
+        silently) unless ``force``, which discards it; ``resume`` insists that the jobs match.
+        """
+        job = json.loads(json.dumps(job))  # compare as it reads back: tuples become lists
+        saved = cls._read(folder / JOB)
+        if saved is not None and saved != job:
+            changed = sorted(k for k in set(saved) | set(job) if saved.get(k) != job.get(k))
+            if resume or not force:
+                raise UserError(
+                    f"{folder} holds an unfinished run of a different job ({', '.join(changed)} differ)",
+                    fix="run with the same model, scheme, data and flags to resume it, or pass --force "
+                    "(without --resume) to discard it and start again",
+                )
+            log.warning("discarding the unfinished run in %s (%s differ)", folder, ", ".join(changed))
+            shutil.rmtree(folder)
+            saved = None
+        state = cls(folder, job)
+        if state.done:
+            log.info("resuming: %d blocks already done in %s", len(state.done), folder)
+        return state
+
+    @staticmethod
+    def _read(path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def progress(self) -> dict[str, Any]:
+        return self._read(self.folder / PROGRESS) or {"blocks": []}
+
+    @property
+    def done(self) -> list[dict[str, Any]]:
+        return self.progress["blocks"]
+
+    def check_data(self, fingerprint: str) -> None:
+        """The calibration samples must be the ones the saved progress was computed on."""
+        self.samples = fingerprint
+        saved = self.progress.get("samples")
+        if saved is not None and saved != fingerprint:
+            raise UserError(
+                f"{self.folder} holds an unfinished run on other calibration data (the samples differ)",
+                fix="restore the dataset it used to resume, or pass --force to discard that run",
+            )
+
+    def finished(self, group: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.done if entry["block"].startswith(group + ".")]
+
+    def load_qweights(self, block: str) -> dict[str, QuantizedWeight]:
+        tensors = load_file(self.folder / f"{_safe_name(block)}.safetensors")
+        entry = next(e for e in self.done if e["block"] == block)
+        out = {}
+        for name, meta in entry["layers"].items():
+            out[name] = QuantizedWeight(
+                codes=tensors[f"{name}.codes"],
+                scale=tensors[f"{name}.scale"],
+                zp=tensors[f"{name}.zp"],
+                bits=meta["bits"],
+                group_size=meta["group_size"],
+                sym=meta["sym"],
+                bias=tensors.get(f"{name}.bias"),
+            )
+        return out
+
+    def load_streams(self, block: str) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
+        """(full, quantized) hidden states entering the block after ``block``; quantized is None
+        when both streams are one (``--disable_quanted_input``)."""
+        progress = self.progress
+        if progress.get("streams_after") != block:
+            return None
+        tensors = load_file(self.folder / _streams_file(block))
+        count = progress["stream_samples"]
+        full = [tensors[f"full.{i}"] for i in range(count)]
+        if "quantized.0" not in tensors:
+            return full, None
+        return full, [tensors[f"quantized.{i}"] for i in range(count)]
+
+    # -- committing --------------------------------------------------------------------------
+    def commit(
+        self,
+        block: str,
+        qweights: dict[str, QuantizedWeight],
+        report: dict[str, Any],
+        streams: tuple[list[torch.Tensor], list[torch.Tensor] | None] | None,
+    ) -> None:
+        """Record one finished block: its weights and the streams leaving it, then the progress.
+        The folder appears with the first commit: a run that fails before finishing a block leaves
+        nothing behind."""
+        if not (self.folder / JOB).is_file():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_json(self.folder / JOB, self.job)
+        tensors: dict[str, torch.Tensor] = {}
+        layers = {}
+        for name, qw in qweights.items():
+            tensors[f"{name}.codes"] = qw.codes.contiguous()
+            tensors[f"{name}.scale"] = qw.scale.contiguous()
+            tensors[f"{name}.zp"] = qw.zp.contiguous()
+            if qw.bias is not None:
+                tensors[f"{name}.bias"] = qw.bias.contiguous()
+            layers[name] = {"bits": qw.bits, "group_size": qw.group_size, "sym": qw.sym}
+        _write_atomic(self.folder / f"{_safe_name(block)}.safetensors", lambda tmp: save_file(tensors, tmp))
+        progress = self.progress
+        progress["samples"] = self.samples
+        if streams is not None:
+            full, quantized = streams
+            saved = {f"full.{i}": t.detach().cpu().contiguous() for i, t in enumerate(full)}
+            if quantized is not None:
+                saved.update(
+                    {f"quantized.{i}": t.detach().cpu().contiguous() for i, t in enumerate(quantized)}
+                )
+            _write_atomic(self.folder / _streams_file(block), lambda tmp: save_file(saved, tmp))
+        previous = progress.get("streams_after")
+        if streams is not None:
+            progress.update(streams_after=block, stream_samples=len(streams[0]))
+        progress["blocks"] = [*progress["blocks"], {"block": block, "report": report, "layers": layers}]
+        _write_json(self.folder / PROGRESS, progress)
+        if streams is not None and previous:  # only now is the older file no longer the commit's
+            (self.folder / _streams_file(previous)).unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,18 @@
+"""Helpers shared by the end-to-end tests that compare whole output folders."""
+
+import pytest
+
+from auto_round_mllm.cli.app import main
+
+
+def run(args):
+    """The CLI in-process; returns its exit code."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+        raise SystemExit(0)
+    return info.value.code
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
