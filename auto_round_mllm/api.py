@@ -320,10 +320,9 @@ def open_progress(job: QuantJob, model_dir: Path, *, resume: bool) -> ResumeStat
     return ResumeState.open(folder, fingerprint, resume=resume, force=job.export.force)
 
 
-def check_architecture(model_dir: Path, job: QuantJob, family: ModelFamily) -> None:
+def check_architecture(model_dir: Path, config: dict[str, Any], job: QuantJob, family: ModelFamily) -> None:
     """Find the blocks to quantize on a meta-device skeleton, before any weight is read: an
     architecture without transformer blocks fails here in a second."""
-    config = read_config(model_dir)
     try:
         skeleton = model_skeleton(model_dir, config, trust_remote_code=job.trust_remote_code)
     except UserError:
@@ -484,9 +483,10 @@ def quantize(
         model_dir = resolve_model_dir(job.model)
         if output_dirs is None:
             state = open_progress(job, model_dir, resume=resume)
-        model_type = read_config(model_dir).get("model_type", "")
+        config = read_config(model_dir)
+        model_type = config.get("model_type", "")
         family = family_for_model_type(model_type)
-        check_architecture(model_dir, job, family)
+        check_architecture(model_dir, config, job, family)
         plan = plan_calibration(job, model_type, family)
         loaded = load_model(
             str(model_dir), model_dtype=job.model_dtype, trust_remote_code=job.trust_remote_code

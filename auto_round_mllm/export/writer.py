@@ -95,13 +95,6 @@ def atomic_outputs(finals: list[Path], *, force: bool) -> Iterator[list[Path]]:
         raise
 
 
-@contextlib.contextmanager
-def atomic_output(final: Path, *, force: bool) -> Iterator[Path]:
-    """:func:`atomic_outputs` for one folder."""
-    with atomic_outputs([final], force=force) as (staging,):
-        yield staging
-
-
 def write_safetensors(
     tensors: dict[str, torch.Tensor], folder: Path, *, max_shard_size: str | int
 ) -> list[str]:

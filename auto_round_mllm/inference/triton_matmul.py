@@ -24,6 +24,7 @@ import torch
 KERNEL_BITS = (2, 4, 8)
 
 
+@functools.cache
 def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -174,7 +174,7 @@ def quantize_blocks(
 
     finished = resume.finished(group) if resume else []
     for entry in finished:
-        restore_block(modules[entry["block"]], entry["block"], resume, result)  # type: ignore[arg-type]
+        restore_block(modules[entry["block"]], entry, resume, result)  # type: ignore[arg-type]
         progress.block_done(result.blocks[-1])
     if finished and len(finished) == len(chosen):
         return result
@@ -193,10 +193,10 @@ def quantize_blocks(
         )
         streams = Streams(captured, captured)
 
-    if finished:
+    if finished and resume is not None:
         last = finished[-1]["block"]
-        saved = resume.load_streams(last) if resume else None
         if streams is not None:
+            saved = resume.load_streams(last)
             if saved is None:
                 raise RuntimeError(f"the resume folder has no activations after {last}")
             streams = restored_streams(streams, saved, device)
@@ -282,10 +282,10 @@ def restored_streams(
     return Streams(full, captured.quantized.with_hidden([t.to(device) for t in quantized_hidden]))
 
 
-def restore_block(block: nn.Module, block_name: str, resume: ResumeState, result: BlockwiseResult) -> None:
+def restore_block(block: nn.Module, entry: dict, resume: ResumeState, result: BlockwiseResult) -> None:
     """Put a finished block's quantized weights back, exactly as tuning left them."""
-    entry = next(e for e in resume.done if e["block"] == block_name)
-    qweights = resume.load_qweights(block_name)
+    block_name = entry["block"]
+    qweights = resume.load_qweights(entry)
     with torch.no_grad():
         for rel, qw in qweights.items():
             layer = block.get_submodule(rel)

@@ -88,16 +88,14 @@ def _write_json(path: Path, data: Any) -> None:
     )
 
 
-def _safe_name(block: str) -> str:
-    return block.replace("/", "_")
-
-
 @dataclass
 class ResumeState:
     """The progress folder of one output. ``job`` is the fingerprint a resume must match."""
 
     folder: Path
     job: dict[str, Any]
+    discard_other_data: bool = False
+    """--force without --resume: progress computed on other calibration samples is dropped."""
     samples: str | None = None
     """Fingerprint of the calibration samples, written with the first commit of a fresh run."""
 
@@ -121,8 +119,7 @@ class ResumeState:
                 )
             log.warning("discarding the unfinished run in %s (%s differ)", folder, ", ".join(changed))
             shutil.rmtree(folder)
-            saved = None
-        state = cls(folder, job)
+        state = cls(folder, job, discard_other_data=force and not resume)
         if state.done:
             log.info("resuming: %d blocks already done in %s", len(state.done), folder)
         return state
@@ -147,18 +144,22 @@ class ResumeState:
         """The calibration samples must be the ones the saved progress was computed on."""
         self.samples = fingerprint
         saved = self.progress.get("samples")
-        if saved is not None and saved != fingerprint:
+        if saved is None or saved == fingerprint:
+            return
+        if not self.discard_other_data:
             raise UserError(
                 f"{self.folder} holds an unfinished run on other calibration data (the samples differ)",
-                fix="restore the dataset it used to resume, or pass --force to discard that run",
+                fix="restore the dataset it used to resume, or pass --force (without --resume) to discard that run",
             )
+        log.warning("discarding the unfinished run in %s (the calibration samples differ)", self.folder)
+        self.remove()
 
     def finished(self, group: str) -> list[dict[str, Any]]:
         return [entry for entry in self.done if entry["block"].startswith(group + ".")]
 
-    def load_qweights(self, block: str) -> dict[str, QuantizedWeight]:
-        tensors = load_file(self.folder / f"{_safe_name(block)}.safetensors")
-        entry = next(e for e in self.done if e["block"] == block)
+    def load_qweights(self, entry: dict[str, Any]) -> dict[str, QuantizedWeight]:
+        """The quantized Linears of one finished block (an entry of :attr:`done`)."""
+        tensors = load_file(self.folder / f"{entry['block']}.safetensors")
         out = {}
         for name, meta in entry["layers"].items():
             out[name] = QuantizedWeight(
@@ -208,20 +209,17 @@ class ResumeState:
             if qw.bias is not None:
                 tensors[f"{name}.bias"] = qw.bias.contiguous()
             layers[name] = {"bits": qw.bits, "group_size": qw.group_size, "sym": qw.sym}
-        _write_atomic(self.folder / f"{_safe_name(block)}.safetensors", lambda tmp: save_file(tensors, tmp))
+        _write_atomic(self.folder / f"{block}.safetensors", lambda tmp: save_file(tensors, tmp))
         progress = self.progress
         progress["samples"] = self.samples
+        previous = progress.get("streams_after")
         if streams is not None:
             full, quantized = streams
             saved = {f"full.{i}": t.detach().cpu().contiguous() for i, t in enumerate(full)}
-            if quantized is not None:
-                saved.update(
-                    {f"quantized.{i}": t.detach().cpu().contiguous() for i, t in enumerate(quantized)}
-                )
+            for i, t in enumerate(quantized or []):
+                saved[f"quantized.{i}"] = t.detach().cpu().contiguous()
             _write_atomic(self.folder / _streams_file(block), lambda tmp: save_file(saved, tmp))
-        previous = progress.get("streams_after")
-        if streams is not None:
-            progress.update(streams_after=block, stream_samples=len(streams[0]))
+            progress.update(streams_after=block, stream_samples=len(full))
         progress["blocks"] = [*progress["blocks"], {"block": block, "report": report, "layers": layers}]
         _write_json(self.folder / PROGRESS, progress)
         if streams is not None and previous:  # only now is the older file no longer the commit's

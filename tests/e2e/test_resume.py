@@ -97,3 +97,28 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_bytes(tiny_qwen2_
     finished = subprocess.run([*command, *args], env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     assert snapshot(out) == reference
+
+
+def test_edited_calibration_data_refuses_to_resume_and_force_discards(
+    tiny_qwen2_vl, tmp_path, monkeypatch, capsys
+):
+    data = tmp_path / "calib.jsonl"
+    data.write_text("".join(f'{{"text": "sample number {i} about rivers and hills"}}\n' for i in range(8)))
+    args = flags(tiny_qwen2_vl, tmp_path / "out", "--dataset", str(data))
+    real_commit = ResumeState.commit
+
+    def commit_then_die(self, *a, **k):
+        real_commit(self, *a, **k)
+        raise Crash
+
+    monkeypatch.setattr(ResumeState, "commit", commit_then_die)
+    with pytest.raises(Crash):
+        main(args)
+    monkeypatch.setattr(ResumeState, "commit", real_commit)
+    data.write_text("".join(f'{{"text": "other text {i} about seas and deserts"}}\n' for i in range(8)))
+    capsys.readouterr()
+    assert run(args) == 2
+    assert "unfinished run on other calibration data" in capsys.readouterr().err
+    assert run([*args, "--force"]) == 0
+    assert "discarding the unfinished run" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob(".*.resume"))

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from auto_round_mllm.errors import OutputExists, UserError
-from auto_round_mllm.export.writer import atomic_output, check_output_dir, parse_size, write_safetensors
+from auto_round_mllm.export.writer import atomic_outputs, check_output_dir, parse_size, write_safetensors
 
 
 def test_shards_and_index(tmp_path):
@@ -34,12 +34,15 @@ def test_sizes():
 
 def test_atomic_output_moves_into_place_or_leaves_nothing(tmp_path):
     final = tmp_path / "out" / "ckpt"
-    with atomic_output(final, force=False) as staging:
+    with atomic_outputs([final], force=False) as (staging,):
         (staging / "f.txt").write_text("ok")
         assert not final.exists()
     assert (final / "f.txt").read_text() == "ok"
 
-    with pytest.raises(RuntimeError), atomic_output(tmp_path / "out" / "failed", force=False) as staging:
+    with (
+        pytest.raises(RuntimeError),
+        atomic_outputs([tmp_path / "out" / "failed"], force=False) as (staging,),
+    ):
         (staging / "half.txt").write_text("half")
         raise RuntimeError("disk full")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ckpt"]
@@ -52,7 +55,7 @@ def test_force_replaces_existing(tmp_path):
     with pytest.raises(OutputExists):
         check_output_dir(final, force=False)
     check_output_dir(final, force=True)
-    with atomic_output(final, force=True) as staging:
+    with atomic_outputs([final], force=True) as (staging,):
         (staging / "new.txt").write_text("new")
     assert [p.name for p in final.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
