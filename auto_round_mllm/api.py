@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,9 @@ from auto_round_mllm.pipeline.blockwise import (
     place_outside_blocks,
     quantize_blocks,
 )
-from auto_round_mllm.pipeline.cache import BlockInputs
+from auto_round_mllm.pipeline.cache import BlockInputs, CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
+from auto_round_mllm.pipeline.placement import BlockPlacement, parse_device_map
 from auto_round_mllm.pipeline.plan import LayerDecision, plan_layers
 from auto_round_mllm.pipeline.resume import (
     ResumeState,
@@ -111,6 +113,7 @@ class QuantResult:
         for key in self.MEASURED:
             data.pop(key)
         data.pop("outputs")
+        data["job"].pop("memory")  # how the run fitted in memory does not change the checkpoint
         for block in data["blocks"]:
             for key in self.MEASURED_PER_BLOCK:
                 block.pop(key)
@@ -134,8 +137,23 @@ def format_dirs(root: Path, formats: tuple[str, ...]) -> dict[str, Path]:
 def check_job(job: QuantJob) -> None:
     """Checks that need no weights: the device exists and each format accepts the scheme."""
     resolve_device(job.device)
+    parse_device_map(job.memory.device_map)
+    if job.memory.cache_dir is not None:
+        check_cache_dir(Path(job.memory.cache_dir))
     for fmt in job.export.formats:
         EXPORTERS.get(fmt).check(job.scheme)
+
+
+def check_cache_dir(folder: Path) -> None:
+    """The activation spill folder must be a folder we can write in (it is created if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise UserError(
+            f"--cache_dir {folder} cannot hold activation files ({exc.strerror or exc})",
+            fix="point --cache_dir at a writable folder on a disk with room for the calibration activations",
+        ) from None
 
 
 @dataclass
@@ -191,7 +209,8 @@ def tune(
     model = loaded.model
     if job.model_dtype != "auto":
         cast_parameters(model, torch_dtype(job.model_dtype))
-    device = resolve_device(job.device)
+    spread = parse_device_map(job.memory.device_map)
+    device = spread[0] if spread else resolve_device(job.device)
     model_dtype = next(model.parameters()).dtype
     precision = choose_precision(device, model_dtype, amp=job.tuning.amp)
     tuner = tuner_for(job.tuning)
@@ -253,7 +272,16 @@ def tune(
     samples = calibration.samples if calibration else None
     if resume is not None:
         resume.check_data(samples_fingerprint(samples))
-    common = dict(decisions=decisions, samples=samples, device=device, precision=precision, resume=resume)
+    cache = CachePlacement.for_run(device, host=job.memory.host_caches, folder=job.memory.cache_dir)
+    common = dict(
+        decisions=decisions,
+        samples=samples,
+        device=device,
+        precision=precision,
+        resume=resume,
+        cache=cache,
+        placement=BlockPlacement(spread) if spread else None,
+    )
     progress = progress or ProgressSink()
     progress.start(len(block_names) + sum(len(b) for b in vision_blocks.values()))
     qweights: dict[str, QuantizedWeight] = {}
@@ -262,7 +290,7 @@ def tune(
     if vision_blocks and tuner.needs_data:
         # The text blocks' full-precision stream comes from the fp model; their quantized stream is
         # captured again once the vision tower is quantized, so its error reaches text calibration.
-        full = capture_text_inputs(model, modules[block_names[0]], text_group, samples, device)
+        full = capture_text_inputs(model, modules[block_names[0]], text_group, samples, device, cache)
     vision_config = vision_tuning(job.tuning)
     for group, names in vision_blocks.items():
         vision_result = quantize_blocks(
@@ -278,7 +306,7 @@ def tune(
         reports.extend(vision_result.blocks)
     if vision_blocks and tuner.needs_data:
         text_streams = Streams(
-            full, capture_text_inputs(model, modules[block_names[0]], text_group, samples, device)
+            full, capture_text_inputs(model, modules[block_names[0]], text_group, samples, device, cache)
         )
     result = quantize_blocks(
         model,
@@ -288,12 +316,13 @@ def tune(
         config=job.tuning,
         progress=progress,
         streams=text_streams,
+        weights=loaded.streamed,
         **common,
     )
     progress.finish()
     qweights.update(result.qweights)
     reports.extend(result.blocks)
-    model.to("cpu")
+    place_outside_blocks(model, [], torch.device("cpu"))  # streamed blocks stay on meta
     return TunedModel(
         loaded=loaded,
         qweights=qweights,
@@ -313,6 +342,7 @@ def open_progress(job: QuantJob, model_dir: Path, *, resume: bool) -> ResumeStat
     change between the killed run and its resumption; everything that shapes the tuning may not."""
     identity = job.to_dict()
     identity["export"] = {k: v for k, v in identity["export"].items() if k not in ("force", "max_shard_size")}
+    identity.pop("memory")  # a run killed while streaming may resume without, and the other way
     fingerprint = {"job": identity, "model": model_fingerprint(model_dir)}
     folder = resume_dir_for(output_root(job))
     if resume and not (folder / "job.json").is_file():
@@ -320,16 +350,19 @@ def open_progress(job: QuantJob, model_dir: Path, *, resume: bool) -> ResumeStat
     return ResumeState.open(folder, fingerprint, resume=resume, force=job.export.force)
 
 
-def check_architecture(model_dir: Path, config: dict[str, Any], job: QuantJob, family: ModelFamily) -> None:
+def check_architecture(
+    model_dir: Path, config: dict[str, Any], job: QuantJob, family: ModelFamily
+) -> list[str]:
     """Find the blocks to quantize on a meta-device skeleton, before any weight is read: an
-    architecture without transformer blocks fails here in a second."""
+    architecture without transformer blocks fails here in a second. Returns the blocks that can
+    stream from disk (none when the skeleton cannot be built)."""
     try:
         skeleton = model_skeleton(model_dir, config, trust_remote_code=job.trust_remote_code)
     except UserError:
         raise
     except Exception as exc:  # remote code that cannot build on meta: the real load decides
         log.debug("no meta skeleton for %s: %s", model_dir, exc)
-        return
+        return []
     blocks = select_blocks(skeleton, family, job.to_quant_block_names)
     modules = dict(skeleton.named_modules())
     if not any(isinstance(m, torch.nn.Linear) for name in blocks for m in modules[name].modules()):
@@ -338,6 +371,15 @@ def check_architecture(model_dir: Path, config: dict[str, Any], job: QuantJob, f
             f"(found {blocks[0].rsplit('.', 1)[0]})",
             fix="auto-round-mllm quantizes decoder LLMs and vision-language models (auto-round-mllm list models)",
         )
+    return streamable_blocks(blocks, len(modules[blocks[0].rsplit(".", 1)[0]]))
+
+
+def streamable_blocks(chosen: list[str], group_size: int) -> list[str]:
+    """The blocks that can stay on disk until reached: from the first chosen block to the end of
+    its list. Blocks before it run in every capture forward, so they stay in memory."""
+    group = chosen[0].rsplit(".", 1)[0]
+    first = min(int(name.rsplit(".", 1)[1]) for name in chosen)
+    return [f"{group}.{i}" for i in range(first, group_size)]
 
 
 def check_something_quantizes(decisions: dict[str, LayerDecision], job: QuantJob) -> None:
@@ -369,10 +411,15 @@ def vision_tuning(tuning: TuningConfig) -> TuningConfig:
 
 
 def capture_text_inputs(
-    model: torch.nn.Module, block: torch.nn.Module, group: str, samples: list, device: torch.device
+    model: torch.nn.Module,
+    block: torch.nn.Module,
+    group: str,
+    samples: list,
+    device: torch.device,
+    cache: CachePlacement,
 ) -> BlockInputs:
     place_outside_blocks(model, [group], device)
-    return capture_block_inputs(model, block, samples, device=device, cache_device=device)
+    return capture_block_inputs(model, block, samples, device=device, cache=cache)
 
 
 def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -399,6 +446,7 @@ def write_formats(
         tokenizer=loaded.tokenizer,
         processor=loaded.processor,
         image_processor=loaded.image_processor,
+        streamed=loaded.streamed,
     )
     with atomic_outputs(list(dirs.values()), force=job.export.force) as stagings:
         for (fmt, _), staging in zip(dirs.items(), stagings, strict=True):
@@ -486,10 +534,13 @@ def quantize(
         config = read_config(model_dir)
         model_type = config.get("model_type", "")
         family = family_for_model_type(model_type)
-        check_architecture(model_dir, config, job, family)
+        streamable = check_architecture(model_dir, config, job, family)
         plan = plan_calibration(job, model_type, family)
         loaded = load_model(
-            str(model_dir), model_dtype=job.model_dtype, trust_remote_code=job.trust_remote_code
+            str(model_dir),
+            model_dtype=job.model_dtype,
+            trust_remote_code=job.trust_remote_code,
+            stream_blocks=streamable if job.memory.streaming and state is not None else None,
         )
     else:
         plan = plan_calibration(job, loaded.model_type, loaded.family)

@@ -217,6 +217,26 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """How a run fits in memory. None of it changes the checkpoint (tests hold the outputs
+    byte-identical), so it stays out of the report written beside the weights and out of the
+    job a resumed run must match."""
+
+    streaming: bool = True
+    """Decoder blocks read from the safetensors shards when reached (when the checkpoint allows)."""
+    low_gpu_mem_usage: bool = False
+    """Activation caches on the host; each micro-batch is moved to the device when used."""
+    cache_dir: str | None = None
+    """Spill activation caches to memory-mapped files in this folder (implies low_gpu_mem_usage)."""
+    device_map: str | None = None
+    """``auto`` or ``0,1,2``: one block's layers spread over several devices."""
+
+    @property
+    def host_caches(self) -> bool:
+        return self.low_gpu_mem_usage or self.cache_dir is not None
+
+
+@dataclass(frozen=True)
 class QuantJob:
     """Everything one run needs. ``model`` is a path, ``local:path`` or hub id."""
 
@@ -231,6 +251,7 @@ class QuantJob:
     to_quant_block_names: tuple[str, ...] = ()
     quant_nontext_module: bool = False
     trust_remote_code: bool = False
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -251,6 +272,7 @@ class QuantJob:
             "tuning": TuningConfig,
             "data": DataConfig,
             "export": ExportConfig,
+            "memory": MemoryConfig,
         }
         for key, klass in nested.items():
             if isinstance(data.get(key), dict):
@@ -307,6 +329,10 @@ def job_from_flags(
     max_shard_size: str = "5GB",
     force: bool = False,
     trust_remote_code: bool = False,
+    disable_streaming: bool = False,
+    low_gpu_mem_usage: bool = False,
+    cache_dir: str | None = None,
+    device_map: str | None = None,
 ) -> QuantJob:
     """The job for the CLI's flags (same names, same defaults); the Python API maps onto it too."""
     return QuantJob(
@@ -344,4 +370,10 @@ def job_from_flags(
         to_quant_block_names=split_list(to_quant_block_names),
         quant_nontext_module=quant_nontext_module,
         trust_remote_code=trust_remote_code,
+        memory=MemoryConfig(
+            streaming=not disable_streaming,
+            low_gpu_mem_usage=low_gpu_mem_usage,
+            cache_dir=cache_dir,
+            device_map=device_map,
+        ),
     )

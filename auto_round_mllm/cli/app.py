@@ -197,6 +197,29 @@ def quantize_command(
         help="Continue an unfinished run of this job in the output folder, and refuse if the job "
         "differs. A matching unfinished run is resumed even without it.",
     ),
+    disable_streaming: bool = typer.Option(
+        False,
+        *names("--disable_streaming"),
+        help="Load the whole model into memory instead of reading each decoder block from the "
+        "safetensors shards when it is reached (the output is the same).",
+    ),
+    low_gpu_mem_usage: bool = typer.Option(
+        False,
+        *names("--low_gpu_mem_usage"),
+        help="Keep activation caches in host memory and move each micro-batch to the device when used.",
+    ),
+    cache_dir: str = typer.Option(
+        None,
+        *names("--cache_dir"),
+        help="Spill activation caches to memory-mapped files in this folder (very large calibration "
+        "sets; implies --low_gpu_mem_usage).",
+    ),
+    device_map: str = typer.Option(
+        None,
+        *names("--device_map"),
+        help="Spread each block's layers over several devices: auto (every visible GPU) or a comma "
+        "list such as 0,1,2 or cuda:0,cuda:1.",
+    ),
     json_output: bool = typer.Option(
         False, *names("--json"), help="Print the summary as JSON on stdout (logs stay on stderr)."
     ),

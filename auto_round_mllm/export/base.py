@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
@@ -17,6 +17,9 @@ from auto_round_mllm.config import QuantJob, QuantScheme
 from auto_round_mllm.pipeline.plan import LayerDecision
 from auto_round_mllm.quant.tunable import QuantizedWeight
 from auto_round_mllm.registry import Registry
+
+if TYPE_CHECKING:
+    from auto_round_mllm.models.streaming import StreamedWeights
 
 
 @dataclass
@@ -33,6 +36,8 @@ class ExportInput:
     tokenizer: Any = None
     processor: Any = None
     image_processor: Any = None
+    streamed: StreamedWeights | None = None
+    """Blocks whose tensors are on disk (meta in ``model``): read one at a time while writing."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

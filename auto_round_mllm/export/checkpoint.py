@@ -5,16 +5,19 @@ An exporter contributes only its tensor layout and its config."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from auto_round_mllm.export.base import ExportInput
 from auto_round_mllm.export.layouts import marlin_problem
 from auto_round_mllm.export.naming import checkpoint_namer, module_checkpoint_name
+from auto_round_mllm.export.tensor_files import LazyTensor, TensorLike
 from auto_round_mllm.export.writer import copy_processing_files, write_json, write_safetensors
 from auto_round_mllm.quant.tunable import QuantizedWeight
 
@@ -57,12 +60,20 @@ def write_checkpoint(
     """Write one checkpoint into ``folder``. ``pack`` None keeps the (fake-quantized) weights."""
     name_for = checkpoint_namer(data.model, data.source_dir)
     quantized = set(data.qweights) if pack is not None else set()
-    tensors = {name_for(name): t for name, t in model_tensors(data.model, skip_modules=quantized).items()}
-    if pack is not None:
-        for module_name, qw in data.qweights.items():
-            prefix = module_checkpoint_name(name_for, module_name)
-            tensors.update({f"{prefix}.{suffix}": t for suffix, t in pack(qw).items()})
-    shards = write_safetensors(tensors, folder, max_shard_size=data.job.export.max_shard_size)
+    tensors: dict[str, TensorLike] = {
+        name_for(name): t
+        for name, t in unstreamed(data, model_tensors(data.model, skip_modules=quantized)).items()
+    }
+    spill = folder / ".packing"
+    try:
+        if pack is not None:
+            packed = packed_tensors(data.qweights, pack, spill if data.streamed is not None else None)
+            for module_name, parts in packed.items():
+                prefix = module_checkpoint_name(name_for, module_name)
+                tensors.update({f"{prefix}.{suffix}": t for suffix, t in parts.items()})
+        shards = write_safetensors(tensors, folder, max_shard_size=data.job.export.max_shard_size)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
     quant_config = make_config(name_for)
     data.model.config.save_pretrained(str(folder))
@@ -88,6 +99,69 @@ def write_checkpoint(
     if quant_config is not None:
         facts["quant_method"] = quant_config.get("quant_method")
     return facts
+
+
+def unstreamed(data: ExportInput, state: dict[str, torch.Tensor]) -> dict[str, TensorLike]:
+    """Streamed blocks' tensors are meta in the model: read them from the source shards as they
+    are written, and a quantized Linear's weight (the fake format) from its quantized values."""
+    if data.streamed is None:
+        return dict(state)
+    out: dict[str, TensorLike] = {}
+    for name, tensor in state.items():
+        if tensor.device.type != "meta":
+            out[name] = tensor
+            continue
+        module, _, leaf = name.rpartition(".")
+        if leaf == "weight" and module in data.qweights:
+            qw, dtype = data.qweights[module], tensor.dtype
+            out[name] = LazyTensor(
+                dtype, tuple(tensor.shape), lambda qw=qw, dtype=dtype: qw.dequantize(dtype)
+            )
+        else:
+            out[name] = data.streamed.lazy(name, tensor.dtype)
+    return out
+
+
+SPILL_BYTES = 256 * 2**20
+
+
+def packed_tensors(
+    qweights: dict[str, QuantizedWeight], pack: Packer, spill: Path | None
+) -> dict[str, dict[str, TensorLike]]:
+    """Each quantized Linear's packed tensors. With ``spill`` (a streamed run, whose quantized
+    values wait on disk), layers are packed one at a time and written to scratch files of about
+    ``SPILL_BYTES``, read back when the checkpoint is written: memory holds one chunk, not the model."""
+    if spill is None:
+        return {name: dict(pack(qw)) for name, qw in qweights.items()}
+    spill.mkdir(exist_ok=True)
+    out: dict[str, dict[str, TensorLike]] = {}
+    chunk: dict[str, torch.Tensor] = {}
+
+    def flush() -> None:
+        file = spill / f"{len(list(spill.iterdir())):05d}.safetensors"
+        save_file(chunk, str(file))
+        for key, tensor in chunk.items():
+            module, _, suffix = key.rpartition(".")
+            out.setdefault(module, {})[suffix] = LazyTensor(
+                tensor.dtype, tuple(tensor.shape), lambda file=file, key=key: _read(file, key)
+            )
+        chunk.clear()
+
+    for name, qw in qweights.items():
+        loaded = qw.load() if hasattr(qw, "load") else qw
+        chunk.update({f"{name}.{suffix}": t.contiguous() for suffix, t in pack(loaded).items()})
+        if sum(t.numel() * t.element_size() for t in chunk.values()) >= SPILL_BYTES:
+            flush()
+    if chunk:
+        flush()
+    return {name: out[name] for name in qweights}
+
+
+def _read(file: Path, key: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        return handle.get_tensor(key)
 
 
 def marlin_report(qweights: dict[str, QuantizedWeight]) -> dict[str, str]:

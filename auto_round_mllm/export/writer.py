@@ -12,15 +12,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save_file
-
 from auto_round_mllm.config import parse_size
 from auto_round_mllm.errors import OutputExists, UserError
+from auto_round_mllm.export.tensor_files import TensorLike, write_sharded
 
 # Files of the source folder that are weights or configs we rewrite; everything else small is copied.
 NOT_COPIED = re.compile(
@@ -96,30 +94,13 @@ def atomic_outputs(finals: list[Path], *, force: bool) -> Iterator[list[Path]]:
 
 
 def write_safetensors(
-    tensors: dict[str, torch.Tensor], folder: Path, *, max_shard_size: str | int
+    tensors: Mapping[str, TensorLike], folder: Path, *, max_shard_size: str | int
 ) -> list[str]:
-    """Shard ``tensors`` (in name order) into files of at most ``max_shard_size`` bytes, with an index."""
-    limit = parse_size(max_shard_size)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    sizes = [0]
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().to("cpu").contiguous()
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and sizes[-1] + nbytes > limit:
-            shards.append({})
-            sizes.append(0)
-        shards[-1][name] = tensor
-        sizes[-1] += nbytes
-    if len(shards) == 1:
-        names = ["model.safetensors"]
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    weight_map: dict[str, str] = {}
-    for file_name, shard in zip(names, shards, strict=True):
-        save_file(shard, str(folder / file_name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file_name))
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items()))}
+    """Shard ``tensors`` (in name order) into files of at most ``max_shard_size`` bytes, with an
+    index when there are several. Lazy tensors are materialized one at a time, as they are written."""
+    names, weight_map, total = write_sharded(tensors, folder, limit=parse_size(max_shard_size))
+    if len(names) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         write_json(folder / "model.safetensors.index.json", index)
     return names
 

@@ -8,6 +8,7 @@ instead of a minute of retries.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import socket
@@ -19,7 +20,10 @@ import torch
 
 from auto_round_mllm.errors import ModelNotFound, UserError
 from auto_round_mllm.models.family import ModelFamily, family_for_model_type
+from auto_round_mllm.models.streaming import NotStreamable, StreamedWeights, load_streaming
 from auto_round_mllm.utils.device import torch_dtype
+
+log = logging.getLogger(__name__)
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 HUB_HOST = ("huggingface.co", 443)
@@ -209,38 +213,45 @@ class LoadedModel:
     processor: Any = None
     image_processor: Any = None
     processor_notice: str | None = None
+    streamed: StreamedWeights | None = None
+    """Set when the decoder blocks stream from disk (see :mod:`auto_round_mllm.models.streaming`)."""
 
     @property
     def model_type(self) -> str:
         return self.model.config.model_type
 
 
-def load_model(spec: str, *, model_dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
-    """Load model, tokenizer and processor offline-first, on the CPU; the pipeline places blocks."""
+def load_model(
+    spec: str,
+    *,
+    model_dtype: str = "auto",
+    trust_remote_code: bool = False,
+    stream_blocks: list[str] | None = None,
+) -> LoadedModel:
+    """Load model, tokenizer and processor offline-first, on the CPU; the pipeline places blocks.
+
+    With ``stream_blocks``, those blocks stay on the meta device and are read from the shards when
+    the pipeline reaches them, if the checkpoint allows it (else the model loads whole)."""
     from auto_round_mllm.models.processor_loading import load_processor
 
     model_dir = resolve_model_dir(spec)
     config = read_config(model_dir)
     family = family_for_model_type(config.get("model_type", ""))
-    dtype: Any = "auto" if model_dtype == "auto" else torch_dtype(model_dtype)
-    cls = model_class_for(config, trust_remote_code=trust_remote_code)
     check_weight_files(model_dir)
-    try:
-        # weights_only: a pickled .bin file can hold code; only tensors are read from it
-        model, info = cls.from_pretrained(
-            model_dir,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            weights_only=True,
-            ignore_mismatched_sizes=True,  # reported below as one line, not transformers' table
-            output_loading_info=True,
-        )
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ModelNotFound(
-            f"cannot load weights from {model_dir}: {str(exc).splitlines()[0][:200]}",
-            fix="check that the weight files are complete and match config.json",
-        ) from exc
-    check_loading_info(model_dir, info)
+    streamed = None
+    if stream_blocks:
+        try:
+            model, streamed = load_streaming(
+                model_dir,
+                config,
+                model_dtype=model_dtype,
+                trust_remote_code=trust_remote_code,
+                streamed_blocks=stream_blocks,
+            )
+        except NotStreamable as why:
+            log.info("loading the whole model: it cannot stream (%s)", why)
+    if streamed is None:
+        model = _load_whole(model_dir, config, model_dtype=model_dtype, trust_remote_code=trust_remote_code)
     model.eval()
     try:
         procs = load_processor(model_dir, trust_remote_code=trust_remote_code)
@@ -257,4 +268,29 @@ def load_model(spec: str, *, model_dtype: str = "auto", trust_remote_code: bool 
         processor=procs.processor,
         image_processor=procs.image_processor,
         processor_notice=procs.notice,
+        streamed=streamed,
     )
+
+
+def _load_whole(
+    model_dir: Path, config: dict[str, Any], *, model_dtype: str, trust_remote_code: bool
+) -> torch.nn.Module:
+    dtype: Any = "auto" if model_dtype == "auto" else torch_dtype(model_dtype)
+    cls = model_class_for(config, trust_remote_code=trust_remote_code)
+    try:
+        # weights_only: a pickled .bin file can hold code; only tensors are read from it
+        model, info = cls.from_pretrained(
+            model_dir,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            weights_only=True,
+            ignore_mismatched_sizes=True,  # reported below as one line, not transformers' table
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ModelNotFound(
+            f"cannot load weights from {model_dir}: {str(exc).splitlines()[0][:200]}",
+            fix="check that the weight files are complete and match config.json",
+        ) from exc
+    check_loading_info(model_dir, info)
+    return model

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from auto_round_mllm.config import TuningConfig
-from auto_round_mllm.pipeline.cache import BlockInputs, run_block
+from auto_round_mllm.models.streaming import StreamedWeights
+from auto_round_mllm.pipeline.cache import BlockInputs, CachePlacement, run_block
 from auto_round_mllm.pipeline.capture import capture_block_inputs
+from auto_round_mllm.pipeline.placement import BlockPlacement
 from auto_round_mllm.pipeline.plan import LayerDecision, scheme_lookup
 from auto_round_mllm.pipeline.resume import ResumeState
 from auto_round_mllm.quant.tunable import QuantizedWeight, unwrap_linears, wrap_linears
@@ -72,6 +74,8 @@ def place_outside_blocks(model: nn.Module, block_groups: list[str], device: torc
     come to the device one at a time."""
     prefixes = tuple(f"{group}." for group in block_groups)
     for name, param in list(model.named_parameters()) + list(model.named_buffers()):
+        if param.device.type == "meta":  # a streamed block's weights: read when it is reached
+            continue
         if not name.startswith(prefixes) and param.device != device:
             param.data = param.data.to(device)
 
@@ -83,7 +87,7 @@ def forward_all(
     device: torch.device,
     precision: Precision,
     batch_size: int,
-    cache: torch.device,
+    cache: CachePlacement,
 ) -> list[torch.Tensor]:
     """The block's output for every sample, batched by shape, stored on the cache device."""
     outputs: list[torch.Tensor | None] = [None] * len(inputs)
@@ -98,7 +102,7 @@ def forward_all(
             # Qwen2-VL's packed patches), so split by each sample's own leading size.
             sizes = [inputs.hidden[index].shape[0] for index in indices]
             for index, part in zip(indices, torch.split(out, sizes), strict=True):
-                outputs[index] = part.to(cache)
+                outputs[index] = cache.store(part)
     return outputs  # type: ignore[return-value]
 
 
@@ -152,6 +156,9 @@ def quantize_blocks(
     streams: Streams | None = None,
     only_samples_reaching: bool = False,
     resume: ResumeState | None = None,
+    weights: StreamedWeights | None = None,
+    cache: CachePlacement | None = None,
+    placement: BlockPlacement | None = None,
 ) -> BlockwiseResult:
     """Quantize ``block_names`` (members of the block list ``group``) in forward order.
 
@@ -162,19 +169,29 @@ def quantize_blocks(
 
     With ``resume``, blocks finished by an earlier (killed) run are restored instead of tuned, the
     saved streams replace the captured ones, and every newly finished block is committed.
+
+    With ``weights``, streamed blocks are read from disk when reached and dropped when done; their
+    quantized Linears stay in the progress files (``resume`` is then required) until export.
     """
+    if weights is not None and resume is None:
+        raise ValueError("streaming keeps finished blocks in the progress folder: pass resume")
     progress = progress or ProgressSink()
+    cache = cache or CachePlacement(device)
     modules = dict(model.named_modules())
     order = blocks_in_forward_order(group, len(modules[group]), block_names)
     chosen = set(block_names)
     result = BlockwiseResult()
 
     def run_all(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
-        return forward_all(block, inputs, device, precision, config.batch_size, device)
+        return forward_all(block, inputs, device, precision, config.batch_size, cache)
 
     finished = resume.finished(group) if resume else []
     for entry in finished:
-        restore_block(modules[entry["block"]], entry, resume, result)  # type: ignore[arg-type]
+        if weights is not None and weights.is_streamed(entry["block"]):
+            result.qweights.update(resume.stored_qweights(entry["block"]))  # type: ignore[union-attr]
+            result.blocks.append(BlockReport(**entry["report"]))
+        else:
+            restore_block(modules[entry["block"]], entry, resume, result)  # type: ignore[arg-type]
         progress.block_done(result.blocks[-1])
     if finished and len(finished) == len(chosen):
         return result
@@ -188,7 +205,7 @@ def quantize_blocks(
             modules[order[0]],
             samples,
             device=device,
-            cache_device=device,
+            cache=cache,
             skip_unreached=only_samples_reaching,
         )
         streams = Streams(captured, captured)
@@ -199,21 +216,26 @@ def quantize_blocks(
             saved = resume.load_streams(last)
             if saved is None:
                 raise RuntimeError(f"the resume folder has no activations after {last}")
-            streams = restored_streams(streams, saved, device)
+            streams = restored_streams(streams, saved, cache)
         order = order[order.index(last) + 1 :]
 
     for block_name in order:
         block = modules[block_name]
         started = time.perf_counter()
         devices.reset_peak_memory(device)
-        block.to(device)
+        if weights is not None:
+            weights.materialize(model, block_name)
+        if placement is not None:
+            placement.attach(block)  # its children spread over the devices; I/O on the first
+        else:
+            block.to(device)
         block.requires_grad_(False)
         targets = run_all(block, streams.full) if streams else None
         if block_name not in chosen:
             if streams is not None and targets is not None:
                 same = streams.quantized is streams.full
                 streams = streams.advance(targets, targets if same else run_all(block, streams.quantized))
-            block.to("cpu")
+            put_away(model, block_name, weights)
             continue
 
         wrapped = wrap_linears(
@@ -245,7 +267,6 @@ def quantize_blocks(
             report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss
             report.best_iter = outcome.best_iter
         qweights = {rel: qw.to("cpu") for rel, qw in unwrap_linears(block, wrapped, write_back=True).items()}
-        result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
         if ctx is not None and streams is not None and targets is not None:
             quantized_out = run_all(block, ctx.inputs)
             report.final_loss = mse(quantized_out, targets, ctx.inputs)
@@ -254,14 +275,29 @@ def quantize_blocks(
         devices.synchronize(device)
         report.seconds = time.perf_counter() - started
         report.peak_device_gb = devices.peak_memory_gb(device)
-        block.to("cpu")
+        put_away(model, block_name, weights)
         devices.empty_cache(device)
         if resume is not None:
             resume.commit(block_name, qweights, dataclasses.asdict(report), stream_state(streams))
+        if weights is not None and weights.is_streamed(block_name):
+            result.qweights.update(resume.stored_qweights(block_name))  # type: ignore[union-attr]
+        else:
+            result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
         result.blocks.append(report)
         log.debug("block %s: %s", block_name, report)
         progress.block_done(report)
     return result
+
+
+def put_away(model: nn.Module, block_name: str, weights: StreamedWeights | None) -> None:
+    """A finished block leaves the compute device: streamed blocks drop their weights (the
+    export reads them from disk again), others wait on the CPU."""
+    block = model.get_submodule(block_name)
+    BlockPlacement.detach(block)
+    if weights is not None and weights.is_streamed(block_name):
+        weights.release(model, block_name)
+    else:
+        block.to("cpu")
 
 
 def stream_state(streams: Streams | None) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
@@ -273,13 +309,13 @@ def stream_state(streams: Streams | None) -> tuple[list[torch.Tensor], list[torc
 
 
 def restored_streams(
-    captured: Streams, saved: tuple[list[torch.Tensor], list[torch.Tensor] | None], device: torch.device
+    captured: Streams, saved: tuple[list[torch.Tensor], list[torch.Tensor] | None], cache: CachePlacement
 ) -> Streams:
     full_hidden, quantized_hidden = saved
-    full = captured.full.with_hidden([t.to(device) for t in full_hidden])
+    full = captured.full.with_hidden([cache.store(t) for t in full_hidden])
     if quantized_hidden is None:
         return Streams(full, full)
-    return Streams(full, captured.quantized.with_hidden([t.to(device) for t in quantized_hidden]))
+    return Streams(full, captured.quantized.with_hidden([cache.store(t) for t in quantized_hidden]))
 
 
 def restore_block(block: nn.Module, entry: dict, resume: ResumeState, result: BlockwiseResult) -> None:

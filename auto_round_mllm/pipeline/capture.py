@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from auto_round_mllm.pipeline.cache import BlockInputs, move
+from auto_round_mllm.pipeline.cache import BlockInputs, CachePlacement, move
 
 # Keyword arguments that belong to generation, not to calibration.
 DROPPED_KWARGS = ("past_key_value", "past_key_values", "output_attentions")
@@ -29,7 +29,7 @@ def capture_block_inputs(
     samples: list[dict[str, torch.Tensor]],
     *,
     device: torch.device,
-    cache_device: torch.device,
+    cache: CachePlacement,
     skip_unreached: bool = False,
 ) -> BlockInputs:
     """``skip_unreached``: samples whose forward never calls the block (text samples, for a vision
@@ -47,9 +47,7 @@ def capture_block_inputs(
             kwargs.pop(key, None)
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
-        captures.append(
-            (hidden.detach().to(cache_device), move(rest, cache_device), move(kwargs, cache_device))
-        )
+        captures.append((cache.store(hidden.detach()), cache.place(rest), cache.place(kwargs)))
         raise StopForward
 
     handle = block.register_forward_pre_hook(hook, with_kwargs=True)
@@ -60,7 +58,7 @@ def capture_block_inputs(
                 try:
                     model(**inputs, use_cache=False)
                 except StopForward:
-                    masks.append(loss_mask(sample.get("attention_mask"), captures[-1][0], cache_device))
+                    masks.append(loss_mask(sample.get("attention_mask"), captures[-1][0], cache.device))
                     continue
                 if not skip_unreached:
                     raise RuntimeError(

@@ -20,6 +20,7 @@ kill at any moment leaves either the previous commit or the new one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -86,6 +87,72 @@ def _write_json(path: Path, data: Any) -> None:
     _write_atomic(
         path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
     )
+
+
+class StoredQuantizedWeight:
+    """A :class:`QuantizedWeight` that stays in its progress file: a streamed run of a 70B model
+    cannot hold every layer's codes in memory until export. Reading ``codes``, ``scale``, ``zp`` or
+    ``bias`` reads that tensor; the exporter packs one layer at a time."""
+
+    def __init__(self, file: Path, name: str, bits: int, group_size: int, sym: bool) -> None:
+        self.file, self.name = file, name
+        self.bits, self.group_size, self.sym = bits, group_size, sym
+
+    def _read(self, suffix: str) -> torch.Tensor | None:
+        from safetensors import safe_open
+
+        with safe_open(str(self.file), framework="pt") as handle:
+            key = f"{self.name}.{suffix}"
+            return handle.get_tensor(key) if key in handle.keys() else None  # noqa: SIM118
+
+    @property
+    def codes(self) -> torch.Tensor:
+        return self._read("codes")  # type: ignore[return-value]
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self._read("scale")  # type: ignore[return-value]
+
+    @property
+    def zp(self) -> torch.Tensor:
+        return self._read("zp")  # type: ignore[return-value]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self._read("bias")
+
+    @functools.cached_property
+    def shape(self) -> tuple[int, int]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.file), framework="pt") as handle:
+            out, inp = handle.get_slice(f"{self.name}.codes").get_shape()
+        return int(out), int(inp)
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    def load(self) -> QuantizedWeight:
+        return QuantizedWeight(
+            codes=self.codes,
+            scale=self.scale,
+            zp=self.zp,
+            bits=self.bits,
+            group_size=self.group_size,
+            sym=self.sym,
+            bias=self.bias,
+        )
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.load().dequantize(dtype)
+
+    def to(self, device: torch.device | str) -> QuantizedWeight:
+        return self.load().to(device)
 
 
 @dataclass
@@ -161,7 +228,8 @@ class ResumeState:
         """The quantized Linears of one finished block (an entry of :attr:`done`)."""
         tensors = load_file(self.folder / f"{entry['block']}.safetensors")
         out = {}
-        for name, meta in entry["layers"].items():
+        for meta in entry["layers"]:
+            name = meta["name"]
             out[name] = QuantizedWeight(
                 codes=tensors[f"{name}.codes"],
                 scale=tensors[f"{name}.scale"],
@@ -172,6 +240,17 @@ class ResumeState:
                 bias=tensors.get(f"{name}.bias"),
             )
         return out
+
+    def stored_qweights(self, block: str) -> dict[str, StoredQuantizedWeight]:
+        """A finished block's quantized Linears, left on disk until something reads them."""
+        entry = next(e for e in self.done if e["block"] == block)
+        file = self.folder / f"{block}.safetensors"
+        return {
+            f"{block}.{meta['name']}": StoredQuantizedWeight(
+                file, meta["name"], meta["bits"], meta["group_size"], meta["sym"]
+            )
+            for meta in entry["layers"]
+        }
 
     def load_streams(self, block: str) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
         """(full, quantized) hidden states entering the block after ``block``; quantized is None
@@ -201,14 +280,14 @@ class ResumeState:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_json(self.folder / JOB, self.job)
         tensors: dict[str, torch.Tensor] = {}
-        layers = {}
+        layers = []  # a list: module order is the export's tensor order (JSON is written sorted)
         for name, qw in qweights.items():
             tensors[f"{name}.codes"] = qw.codes.contiguous()
             tensors[f"{name}.scale"] = qw.scale.contiguous()
             tensors[f"{name}.zp"] = qw.zp.contiguous()
             if qw.bias is not None:
                 tensors[f"{name}.bias"] = qw.bias.contiguous()
-            layers[name] = {"bits": qw.bits, "group_size": qw.group_size, "sym": qw.sym}
+            layers.append({"name": name, "bits": qw.bits, "group_size": qw.group_size, "sym": qw.sym})
         _write_atomic(self.folder / f"{block}.safetensors", lambda tmp: save_file(tensors, tmp))
         progress = self.progress
         progress["samples"] = self.samples

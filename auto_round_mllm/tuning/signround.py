@@ -52,10 +52,14 @@ class CyclicBatchSampler:
 @torch.no_grad()
 def sign_step(params: list[torch.Tensor], lr: float) -> None:
     """``p -= lr * sign(grad)`` for every parameter that received a gradient, then clear grads."""
-    with_grad = [p for p in params if p.grad is not None]
-    if with_grad and lr > 0:
-        signs = torch._foreach_sign([p.grad for p in with_grad])
-        torch._foreach_add_(with_grad, signs, alpha=-lr)
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for p in params:  # one fused update per device (--device_map spreads a block over several)
+        if p.grad is not None:
+            by_device.setdefault(p.device, []).append(p)
+    if lr > 0:
+        for with_grad in by_device.values():
+            signs = torch._foreach_sign([p.grad for p in with_grad])
+            torch._foreach_add_(with_grad, signs, alpha=-lr)
     for p in params:
         p.grad = None
 

@@ -190,7 +190,7 @@ def disk_full(s: Setup) -> list[str]:
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    s.monkeypatch.setattr("auto_round_mllm.export.writer.save_file", no_space)
+    s.monkeypatch.setattr("auto_round_mllm.export.tensor_files.write_file", no_space)
     return ["--model", str(s.model), "--format", "auto_round,fake"]
 
 
@@ -277,6 +277,10 @@ CASES = [
     Case("unfinished-run-of-a-different-job", other_unfinished_run(), "pass --force"),
     Case("resume-and-force", with_model("--resume", "--force"), "contradict each other"),
     Case("conflicting-trust-flags", with_model("--trust_remote_code", "--disable_trust_remote_code"), "contradict each other"),
+    Case("device-map-of-absent-gpus", with_model("--device_map", "0,1"), "is not available"),
+    Case("device-map-not-devices", with_model("--device_map", "gpu0,gpu1"), "is not a device"),
+    Case("cache-dir-is-a-file", lambda s: ["--model", str(s.model), "--cache_dir", str(s.file("cache", "x"))],
+         "--cache_dir"),
 ]  # fmt: skip
 
 

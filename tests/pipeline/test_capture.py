@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from auto_round_mllm.models.loading import load_model
-from auto_round_mllm.pipeline.cache import run_block
+from auto_round_mllm.pipeline.cache import CachePlacement, run_block
 from auto_round_mllm.pipeline.capture import capture_block_inputs
 
 CPU = torch.device("cpu")
@@ -52,7 +52,7 @@ def test_replayed_block_inputs_reproduce_the_model(family, tiny_models):
     samples = [text, image_sample(loaded)]
     expected = block_outputs_in_full_forward(model, block, samples)
 
-    inputs = capture_block_inputs(model, block, samples, device=CPU, cache_device=CPU)
+    inputs = capture_block_inputs(model, block, samples, device=CPU, cache=CachePlacement(CPU))
     assert len(inputs) == 2
     kwargs = {**inputs.shared, **inputs.per_sample[0]}
     assert "position_embeddings" in kwargs  # rotary (Qwen2-VL: multimodal rope) travels with the block
@@ -70,7 +70,7 @@ def test_same_length_samples_batch_like_single_ones(family, tiny_models):
     block = model.model.language_model.layers[0]
     gen = torch.Generator().manual_seed(1)
     samples = [{"input_ids": torch.randint(0, 1900, (1, 16), generator=gen)} for _ in range(3)]
-    inputs = capture_block_inputs(model, block, samples, device=CPU, cache_device=CPU)
+    inputs = capture_block_inputs(model, block, samples, device=CPU, cache=CachePlacement(CPU))
     assert inputs.shape_buckets() == [[0, 1, 2]]
     block = copy.deepcopy(block).float()  # fp32 so batched and single matmuls agree closely
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_padded_samples_carry_their_loss_mask(tiny_qwen2_vl):
     ids = torch.randint(0, 1900, (1, 12), generator=torch.Generator().manual_seed(2))
     padded = {"input_ids": ids, "attention_mask": torch.tensor([[1] * 9 + [0] * 3])}
     full = {"input_ids": ids, "attention_mask": torch.ones(1, 12, dtype=torch.long)}
-    inputs = capture_block_inputs(model, block, [padded, full], device=CPU, cache_device=CPU)
+    inputs = capture_block_inputs(model, block, [padded, full], device=CPU, cache=CachePlacement(CPU))
     assert inputs.masks[0].tolist() == [[1.0] * 9 + [0.0] * 3]
     assert inputs.masks[1] is None
     # a padded sample's 4D attention mask cannot share a batch with an unpadded sample's None
