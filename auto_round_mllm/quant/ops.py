@@ -152,9 +152,53 @@ def _dequantize(q: Tensor, scale: Tensor, zp: Tensor) -> Tensor:
 def fake_quant(groups: Tensor, scale: Tensor, zp: Tensor, bits: int, v: Tensor | None = None) -> Tensor:
     """Quantize then dequantize in fp32, keeping gradients to ``v`` and to the min/max multipliers.
 
-    ``v`` is SignRound's learned rounding offset, added before rounding.
+    ``v`` is SignRound's learned rounding offset, added before rounding. The value is exactly
+    :func:`_dequantize` of :func:`_quantize`; the gradients are theirs too (straight-through
+    rounding, clamp masking), but computed by :class:`FakeQuantFunction`, which saves no
+    weight-sized intermediate for the backward pass and recomputes them instead: autograd would
+    keep four fp32 copies of every weight of the block alive between forward and backward.
     """
-    return _dequantize(_quantize(groups, scale, zp, bits, v), scale, zp)
+    if v is None:
+        v = torch.zeros((), dtype=torch.float32, device=groups.device)
+    return FakeQuantFunction.apply(groups, scale, zp, v, bits)
+
+
+class FakeQuantFunction(torch.autograd.Function):
+    """``s * (clamp(round(g / s + v) + zp, 0, maxq) - zp)`` with a hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, groups: Tensor, scale: Tensor, zp: Tensor, v: Tensor, bits: int) -> Tensor:  # type: ignore[override]
+        ctx.bits = bits
+        ctx.save_for_backward(groups, scale, zp, v)  # groups in the weight's own dtype: no copy
+        return _dequantize(_quantize(groups.float(), scale, zp, bits, v), scale, zp)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        groups, scale, zp, v = ctx.saved_tensors
+        maxq = 2**ctx.bits - 1
+        s = scale.float()[:, None]
+        z = zp.float()[:, None]
+        groups = groups.float()
+        x = groups / s + v
+        shifted = x.round() + z
+        inside = (shifted >= 0) & (shifted <= maxq)
+        q = shifted.clamp_(0, maxq)
+        grad = grad.float()
+        grad_q = grad * s  # d out / d q
+        grad_x = grad_q * inside  # straight-through rounding, zero where the code is clamped
+        del x, shifted, inside
+        grad_v = None
+        if ctx.needs_input_grad[3]:
+            grad_v = grad_x if v.dim() else grad_x.sum()
+        grad_scale = grad_zp = None
+        if ctx.needs_input_grad[1]:
+            # out = s * (q - zp) directly, and through q via x = g / s
+            direct = (grad * (q - z)).sum(dim=1)
+            through_x = (grad_x * groups).sum(dim=1) / -(s[:, 0] * s[:, 0])
+            grad_scale = (direct + through_x).to(scale.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_zp = (grad_x - grad_q).sum(dim=1).to(zp.dtype)  # s * (inside - 1)
+        return None, grad_scale, grad_zp, grad_v, None
 
 
 @torch.no_grad()

@@ -95,8 +95,7 @@ class TunableLinear(nn.Module):
         self.weight_requires_grad = layer.weight.requires_grad
         layer.weight.requires_grad_(False)
 
-        groups = to_groups(layer.weight.detach().float(), self.group_size).clone()
-        self.register_buffer("weight_groups", groups, persistent=False)
+        groups = self.weight_groups
         wmin, wmax = group_range(groups)
         self.register_buffer("wmin", wmin, persistent=False)
         self.register_buffer("wmax", wmax, persistent=False)
@@ -109,6 +108,13 @@ class TunableLinear(nn.Module):
         else:  # buffers: still moved by .to(), but no optimizer can ever see them
             self.register_buffer("min_scale", ones.clone(), persistent=False)
             self.register_buffer("max_scale", ones.clone(), persistent=False)
+
+    @property
+    def weight_groups(self) -> Tensor:
+        """The untouched weight viewed as ``[groups, gs]`` in its own dtype: no fp32 copy is kept
+        (for a bf16 block it would be two more bytes per weight for the whole tuning); the
+        quantizer widens it to fp32 where it computes, which is exact."""
+        return to_groups(self.layer.weight.detach(), self.group_size)
 
     @property
     def out_features(self) -> int:
@@ -165,7 +171,7 @@ class TunableLinear(nn.Module):
     def finalize(self) -> QuantizedWeight:
         """Freeze the current parameters into codes; ``finalize().dequantize() == qdq_weight()`` exactly."""
         scale, zp = self._qparams()
-        codes = to_codes(self.weight_groups, scale, zp, self.bits, self.v)
+        codes = to_codes(self.weight_groups.float(), scale, zp, self.bits, self.v)
         groups_per_row = self.in_features // self.group_size
         bias = self.layer.bias
         return QuantizedWeight(

@@ -152,3 +152,60 @@ def test_minmax_scales_are_clamped_to_unit_interval() -> None:
     s1, z1 = qparams(groups, 4, False, torch.full((8,), 1.7), torch.full((8,), 3.0))
     s2, z2 = qparams(groups, 4, False)
     assert torch.equal(s1, s2) and torch.equal(z1, z2)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_fused_fake_quant_matches_autograd_of_the_reference(sym, bits):
+    """The hand-written backward gives autograd's gradients: v exactly, the clipping multipliers to
+    fp16 rounding (the reference casts each partial gradient to the fp16 scale, we cast once)."""
+    from auto_round_mllm.quant.ops import _dequantize, _quantize, group_range, qparams_from_range
+
+    generator = torch.Generator().manual_seed(bits + 10 * sym)
+    groups = torch.randn(48, 32, generator=generator)
+    wmin, wmax = group_range(groups)
+    target = torch.randn(48, 32, generator=generator)
+    v0 = torch.rand(48, 32, generator=generator) - 0.5
+    scales0 = torch.rand(2, 48, generator=generator) * 0.3 + 0.7
+
+    def run(fused: bool):
+        v = v0.clone().requires_grad_()
+        lo, hi = (s.clone().requires_grad_() for s in scales0)
+        scale, zp = qparams_from_range(wmin, wmax, bits, sym, lo.clamp(0, 1), hi.clamp(0, 1))
+        if fused:
+            out = fake_quant(groups, scale, zp, bits, v)
+        else:
+            out = _dequantize(_quantize(groups, scale, zp, bits, v), scale, zp)
+        (out - target).pow(2).sum().backward()
+        return out.detach(), v.grad, lo.grad, hi.grad
+
+    ref, fused = run(False), run(True)
+    assert torch.equal(fused[0], ref[0])
+    assert torch.equal(fused[1], ref[1])
+    for got, want in zip(fused[2:], ref[2:], strict=True):
+        assert torch.allclose(got, want, rtol=1e-2, atol=1e-3 * want.abs().max())
+
+
+def test_tuning_saves_no_fp32_copy_of_the_weight_for_backward():
+    """What a wrapped bf16 Linear keeps alive between forward and backward beyond its own tensors
+    (weight, v): the bf16 fake-quantized weight the matmul needs, not the fp32 intermediates
+    (four weight-sized copies) that autograd would keep through the quantizer."""
+    from auto_round_mllm.config import QuantScheme
+    from auto_round_mllm.quant.tunable import TunableLinear
+
+    layer = torch.nn.Linear(256, 512, bias=False).to(torch.bfloat16)
+    tunable = TunableLinear(layer, QuantScheme(bits=4, group_size=64))
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    own = {t.untyped_storage().data_ptr() for t in (layer.weight, tunable.v, x)}
+    extra: list[int] = []
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in own:
+            extra.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        tunable(x).float().sum().backward()
+    weight_bytes = layer.weight.numel() * layer.weight.element_size()
+    assert sum(extra) <= 1.2 * weight_bytes, f"{sum(extra) / weight_bytes:.1f}x the bf16 weight saved"
+    assert tunable.v.grad is not None and tunable.min_scale.grad is not None
