@@ -67,7 +67,8 @@ def write_checkpoint(
     spill = folder / ".packing"
     try:
         if pack is not None:
-            packed = packed_tensors(data.qweights, pack, spill if data.streamed is not None else None)
+            on_disk = any(getattr(qw, "on_disk", False) for qw in data.qweights.values())
+            packed = packed_tensors(data.qweights, pack, spill if on_disk else None)
             for module_name, parts in packed.items():
                 prefix = module_checkpoint_name(name_for, module_name)
                 tensors.update({f"{prefix}.{suffix}": t for suffix, t in parts.items()})
@@ -122,14 +123,14 @@ def unstreamed(data: ExportInput, state: dict[str, torch.Tensor]) -> dict[str, T
     return out
 
 
-SPILL_BYTES = 256 * 2**20
+SPILL_BYTES = 64 * 2**20
 
 
 def packed_tensors(
     qweights: dict[str, QuantizedWeight], pack: Packer, spill: Path | None
 ) -> dict[str, dict[str, TensorLike]]:
-    """Each quantized Linear's packed tensors. With ``spill`` (a streamed run, whose quantized
-    values wait on disk), layers are packed one at a time and written to scratch files of about
+    """Each quantized Linear's packed tensors. With ``spill`` (quantized values that wait on disk
+    in the progress folder), layers are packed one at a time and written to scratch files of about
     ``SPILL_BYTES``, read back when the checkpoint is written: memory holds one chunk, not the model."""
     if spill is None:
         return {name: dict(pack(qw)) for name, qw in qweights.items()}

@@ -27,6 +27,7 @@ from auto_round_mllm.quant.tunable import QuantizedWeight, unwrap_linears, wrap_
 from auto_round_mllm.tuning.base import TuneContext, Tuner
 from auto_round_mllm.utils import device as devices
 from auto_round_mllm.utils.device import Precision
+from auto_round_mllm.utils.memory import release_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +171,9 @@ def quantize_blocks(
     With ``resume``, blocks finished by an earlier (killed) run are restored instead of tuned, the
     saved streams replace the captured ones, and every newly finished block is committed.
 
-    With ``weights``, streamed blocks are read from disk when reached and dropped when done; their
-    quantized Linears stay in the progress files (``resume`` is then required) until export.
+    With ``resume``, the quantized Linears of finished blocks stay in the progress files until
+    export instead of in memory. With ``weights``, streamed blocks are read from disk when reached
+    and dropped when done (``resume`` is then required).
     """
     if weights is not None and resume is None:
         raise ValueError("streaming keeps finished blocks in the progress folder: pass resume")
@@ -279,8 +281,8 @@ def quantize_blocks(
         devices.empty_cache(device)
         if resume is not None:
             resume.commit(block_name, qweights, dataclasses.asdict(report), stream_state(streams))
-        if weights is not None and weights.is_streamed(block_name):
-            result.qweights.update(resume.stored_qweights(block_name))  # type: ignore[union-attr]
+        if resume is not None:  # the committed copy: export reads it layer by layer
+            result.qweights.update(resume.stored_qweights(block_name))
         else:
             result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
         result.blocks.append(report)
@@ -298,6 +300,7 @@ def put_away(model: nn.Module, block_name: str, weights: StreamedWeights | None)
         weights.release(model, block_name)
     else:
         block.to("cpu")
+    release_host_memory()
 
 
 def stream_state(streams: Streams | None) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
@@ -326,5 +329,5 @@ def restore_block(block: nn.Module, entry: dict, resume: ResumeState, result: Bl
         for rel, qw in qweights.items():
             layer = block.get_submodule(rel)
             layer.weight.copy_(qw.dequantize(layer.weight.dtype))
-    result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
+    result.qweights.update(resume.stored_qweights(block_name))
     result.blocks.append(BlockReport(**entry["report"]))

@@ -94,6 +94,8 @@ class StoredQuantizedWeight:
     cannot hold every layer's codes in memory until export. Reading ``codes``, ``scale``, ``zp`` or
     ``bias`` reads that tensor; the exporter packs one layer at a time."""
 
+    on_disk = True
+
     def __init__(self, file: Path, name: str, bits: int, group_size: int, sym: bool) -> None:
         self.file, self.name = file, name
         self.bits, self.group_size, self.sym = bits, group_size, sym

@@ -164,13 +164,23 @@ def fake_quant(groups: Tensor, scale: Tensor, zp: Tensor, bits: int, v: Tensor |
 
 
 class FakeQuantFunction(torch.autograd.Function):
-    """``s * (clamp(round(g / s + v) + zp, 0, maxq) - zp)`` with a hand-written backward."""
+    """``s * (clamp(round(g / s + v) + zp, 0, maxq) - zp)`` with a hand-written backward.
+
+    Both passes work in place on one fp32 buffer the size of the weight (plus a bool mask in the
+    backward), so tuning a block never holds more than a few weight-sized temporaries of its
+    largest layer. The forward value is bit-identical to :func:`_quantize` + :func:`_dequantize`
+    (``round_ste``'s ``(round(x) - x) + x`` is exactly ``round(x)`` at these magnitudes).
+    """
 
     @staticmethod
     def forward(ctx, groups: Tensor, scale: Tensor, zp: Tensor, v: Tensor, bits: int) -> Tensor:  # type: ignore[override]
         ctx.bits = bits
         ctx.save_for_backward(groups, scale, zp, v)  # groups in the weight's own dtype: no copy
-        return _dequantize(_quantize(groups.float(), scale, zp, bits, v), scale, zp)
+        s = scale.float()[:, None]
+        z = zp.float()[:, None]
+        out = torch.div(groups, s)  # fp32, whatever the weight's dtype
+        out.add_(v).round_().add_(z).clamp_(0, 2**bits - 1)
+        return out.sub_(z).mul_(s)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -178,26 +188,28 @@ class FakeQuantFunction(torch.autograd.Function):
         maxq = 2**ctx.bits - 1
         s = scale.float()[:, None]
         z = zp.float()[:, None]
-        groups = groups.float()
-        x = groups / s + v
-        shifted = x.round() + z
-        inside = (shifted >= 0) & (shifted <= maxq)
-        q = shifted.clamp_(0, maxq)
-        grad = grad.float()
-        grad_q = grad * s  # d out / d q
-        grad_x = grad_q * inside  # straight-through rounding, zero where the code is clamped
-        del x, shifted, inside
+        q = torch.div(groups, s).add_(v).round_().add_(z)
+        inside = (q >= 0) & (q <= maxq)
+        q.clamp_(0, maxq).sub_(z)  # q - zp, as the forward used it
+        grad = grad.float()  # a copy for a bf16 gradient, or the incoming fp32 tensor: not modified
+        grad_scale = grad_zp = None
+        if ctx.needs_input_grad[1]:
+            direct = q.mul_(grad).sum(dim=1)  # out = s * (q - zp): d out / d s, directly
+        del q
+        grad_x = grad * s  # d out / d q, then masked: straight-through rounding, zero where clamped
+        if ctx.needs_input_grad[2]:
+            unmasked = grad_x.sum(dim=1)
+        grad_x.mul_(inside)
+        del inside
+        if ctx.needs_input_grad[1]:
+            # ... and through q, via x = g / s
+            through_x = torch.mul(grad_x, groups).sum(dim=1) / -(s[:, 0] * s[:, 0])
+            grad_scale = (direct + through_x).to(scale.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_zp = (grad_x.sum(dim=1) - unmasked).to(zp.dtype)  # s * (inside - 1)
         grad_v = None
         if ctx.needs_input_grad[3]:
             grad_v = grad_x if v.dim() else grad_x.sum()
-        grad_scale = grad_zp = None
-        if ctx.needs_input_grad[1]:
-            # out = s * (q - zp) directly, and through q via x = g / s
-            direct = (grad * (q - z)).sum(dim=1)
-            through_x = (grad_x * groups).sum(dim=1) / -(s[:, 0] * s[:, 0])
-            grad_scale = (direct + through_x).to(scale.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_zp = (grad_x - grad_q).sum(dim=1).to(zp.dtype)  # s * (inside - 1)
         return None, grad_scale, grad_zp, grad_v, None
 
 
