@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import bench_memory
 import torch
 
-import bench_memory
 from auto_round_mllm.models.loading import load_model
 
 
