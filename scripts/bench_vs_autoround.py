@@ -43,8 +43,9 @@ REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(0, str(SCRIPTS / "bench_support"))
 
-SCHEMES = {"W4G128": (4, 128), "W2G64": (2, 64), "W4G32": (4, 32), "W8G128": (8, 128)}
+SCHEMES = {"W4G128": (4, 128), "W4G64": (4, 64), "W2G64": (2, 64), "W4G32": (4, 32), "W8G128": (8, 128)}
 HELD_OUT_TEXTS = 10
+UNREAD = "unreadable"  # the checkpoint could not be read back (see the log)
 
 
 @dataclass
@@ -218,7 +219,11 @@ def score(runs: list[Run], model: Path, held_out: Path, args) -> float:
     ).samples
     fp = perplexity(reference.model, samples)
     for run in runs:
-        quantized = load_for_eval(run.output, trust_remote_code=False)
+        try:
+            quantized = load_for_eval(run.output, trust_remote_code=False)
+        except Exception as exc:  # a checkpoint no reader takes is a result too (auto-round pads groups)
+            print(f"{run.tool}: cannot read {run.output}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
         run.kl, run.top1 = agreement(quantized.model, reference.model, samples)
         run.perplexity = perplexity(quantized.model, samples)
         del quantized
@@ -252,7 +257,8 @@ def table(cases: list[Case]) -> str:
             lines.append(
                 f"| {case.model} | {case.scheme} | {run.tool} | {run.wall_s:.1f} s | {run.tune_s:.1f} s "
                 f"| {run.floor_multiple:.2f} | {run.peak_rss_gb:.2f} GiB | {fmt(run.mean_final_loss)} "
-                f"| {fmt(run.kl)} | {run.top1:.1%} | {run.perplexity:.2f} ({case.fp_perplexity:.2f}) |"
+                f"| {fmt(run.kl, missing=UNREAD)} | {fmt(run.top1, '.1%', UNREAD)} "
+                f"| {fmt(run.perplexity, '.2f', UNREAD)} ({case.fp_perplexity:.2f}) |"
             )
         ours = next(r for r in case.runs if r.tool == "ours")
         theirs = next((r for r in case.runs if r.tool.startswith("auto-round")), None)
@@ -265,8 +271,8 @@ def table(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+def fmt(value: float | None, spec: str = ".4g", missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
 
 
 def ratio(a: float | None, b: float | None) -> str:

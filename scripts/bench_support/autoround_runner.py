@@ -19,7 +19,8 @@ stdout carries exactly one line of JSON; all logs (auto-round's, transformers', 
 Its fields:
 
 - ``autoround_version``; ``wall_s``: module load to the end (includes torch/auto-round import and model
-  load); ``peak_rss_gb``: ``ru_maxrss`` of this process.
+  load); ``peak_rss_gb``: ``VmHWM`` of this process (``ru_maxrss`` would include the parent's
+  peak from before ``exec``).
 - ``tune_s``: auto-round's ``quantize()`` (calibration forward to cache block inputs, then block-wise
   tuning) minus the packing/shard writing it does inline for real export formats
   (``export_in_quantize_s``); ``quantize_s`` is the raw ``quantize()`` time, ``save_s`` the
@@ -50,6 +51,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+def peak_rss_gb() -> float:
+    """This program's own peak resident set size in GiB (Linux ``VmHWM``; see the docstring above)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 2**30
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+
 
 # Taken at module load, before torch/transformers/auto-round are imported (they are imported inside
 # run()), so wall_s includes their import time; only the interpreter and stdlib start-up precede it.
@@ -349,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     with stdout_to_stderr():
         report = run(args)
     report["wall_s"] = time.perf_counter() - _PROCESS_START
-    # ru_maxrss is in KiB on Linux.
-    report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+    report["peak_rss_gb"] = peak_rss_gb()
     sys.stdout.write(json.dumps(report) + "\n")
     sys.stdout.flush()
     return 0

@@ -30,3 +30,15 @@ def test_release_host_memory_hands_freed_heap_back():
     release_host_memory()
     assert resident_mib() - before < 100
     del last
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_a_child_reports_its_own_peak_not_its_parents():
+    """ru_maxrss survives exec (a child of a big harness starts at the harness's peak); VmHWM does not."""
+    import subprocess
+
+    ballast = torch.ones(400 * 2**20, dtype=torch.uint8)  # 400 MiB resident in this process
+    code = "from auto_round_mllm.utils.memory import peak_rss_gb; print(peak_rss_gb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert child < 0.35, f"the child reported {child:.2f} GiB"
+    del ballast
