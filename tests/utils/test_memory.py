@@ -39,6 +39,8 @@ def test_a_child_reports_its_own_peak_not_its_parents():
 
     ballast = torch.ones(400 * 2**20, dtype=torch.uint8)  # 400 MiB resident in this process
     code = "from auto_round_mllm.utils.memory import peak_rss_gb; print(peak_rss_gb())"
-    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    child = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
     assert child < 0.35, f"the child reported {child:.2f} GiB"
     del ballast
