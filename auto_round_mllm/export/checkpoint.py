@@ -4,6 +4,7 @@ An exporter contributes only its tensor layout and its config."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from collections.abc import Callable
@@ -67,7 +68,7 @@ def write_checkpoint(
     spill = folder / ".packing"
     try:
         if pack is not None:
-            on_disk = any(getattr(qw, "on_disk", False) for qw in data.qweights.values())
+            on_disk = any(is_on_disk(qw) for qw in data.qweights.values())
             packed = packed_tensors(data.qweights, pack, spill if on_disk else None)
             for module_name, parts in packed.items():
                 prefix = module_checkpoint_name(name_for, module_name)
@@ -126,6 +127,11 @@ def unstreamed(data: ExportInput, state: dict[str, torch.Tensor]) -> dict[str, T
 SPILL_BYTES = 64 * 2**20
 
 
+def is_on_disk(qw: object) -> bool:
+    """A quantized layer left in the progress folder (``StoredQuantizedWeight``), read on demand."""
+    return getattr(qw, "on_disk", False)
+
+
 def packed_tensors(
     qweights: dict[str, QuantizedWeight], pack: Packer, spill: Path | None
 ) -> dict[str, dict[str, TensorLike]]:
@@ -137,9 +143,10 @@ def packed_tensors(
     spill.mkdir(exist_ok=True)
     out: dict[str, dict[str, TensorLike]] = {}
     chunk: dict[str, torch.Tensor] = {}
+    files = itertools.count()
 
     def flush() -> None:
-        file = spill / f"{len(list(spill.iterdir())):05d}.safetensors"
+        file = spill / f"{next(files):05d}.safetensors"
         save_file(chunk, str(file))
         for key, tensor in chunk.items():
             module, _, suffix = key.rpartition(".")
@@ -149,7 +156,7 @@ def packed_tensors(
         chunk.clear()
 
     for name, qw in qweights.items():
-        loaded = qw.load() if hasattr(qw, "load") else qw
+        loaded = qw.load() if is_on_disk(qw) else qw  # one read per layer, not one per tensor
         chunk.update({f"{name}.{suffix}": t.contiguous() for suffix, t in pack(loaded).items()})
         if sum(t.numel() * t.element_size() for t in chunk.values()) >= SPILL_BYTES:
             flush()

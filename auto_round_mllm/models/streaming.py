@@ -239,7 +239,6 @@ def load_streaming(
             tensor._is_hf_initialized = True  # loaded, or streamed: nothing to initialize
     model.initialize_weights()  # computes the non-persistent buffers (rotary inv_freq ...)
     model.tie_weights()
-    model.eval()
     streamed_refs = {name: ref for name, ref in refs.items() if name.startswith(prefixes)}
     log.info("streaming %d blocks from %s", len(streamed_blocks), model_dir)
     return model, StreamedWeights(streamed_refs, tuple(streamed_blocks))

@@ -22,7 +22,7 @@ from auto_round_mllm.pipeline.cache import BlockInputs, CachePlacement, run_bloc
 from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.pipeline.placement import BlockPlacement
 from auto_round_mllm.pipeline.plan import LayerDecision, scheme_lookup
-from auto_round_mllm.pipeline.resume import ResumeState
+from auto_round_mllm.pipeline.resume import ResumeState, StoredQuantizedWeight
 from auto_round_mllm.quant.tunable import QuantizedWeight, unwrap_linears, wrap_linears
 from auto_round_mllm.tuning.base import TuneContext, Tuner
 from auto_round_mllm.utils import device as devices
@@ -169,11 +169,10 @@ def quantize_blocks(
     never reach the first block, such as text samples for a vision block, are left out).
 
     With ``resume``, blocks finished by an earlier (killed) run are restored instead of tuned, the
-    saved streams replace the captured ones, and every newly finished block is committed.
-
-    With ``resume``, the quantized Linears of finished blocks stay in the progress files until
-    export instead of in memory. With ``weights``, streamed blocks are read from disk when reached
-    and dropped when done (``resume`` is then required).
+    saved streams replace the captured ones, and every newly finished block is committed; the
+    quantized Linears of finished blocks then stay in the progress files until export instead of
+    in memory. With ``weights``, streamed blocks are read from disk when reached and dropped when
+    done (``resume`` is then required).
     """
     if weights is not None and resume is None:
         raise ValueError("streaming keeps finished blocks in the progress folder: pass resume")
@@ -189,11 +188,12 @@ def quantize_blocks(
 
     finished = resume.finished(group) if resume else []
     for entry in finished:
-        if weights is not None and weights.is_streamed(entry["block"]):
-            result.qweights.update(resume.stored_qweights(entry["block"]))  # type: ignore[union-attr]
-            result.blocks.append(BlockReport(**entry["report"]))
-        else:
-            restore_block(modules[entry["block"]], entry, resume, result)  # type: ignore[arg-type]
+        name = entry["block"]
+        stored = resume.stored_qweights(name)  # type: ignore[union-attr]
+        if weights is None or not weights.is_streamed(name):  # a streamed block is read back at export
+            restore_weights(modules[name], name, stored)
+        result.qweights.update(stored)
+        result.blocks.append(BlockReport(**entry["report"]))
         progress.block_done(result.blocks[-1])
     if finished and len(finished) == len(chosen):
         return result
@@ -279,9 +279,8 @@ def quantize_blocks(
         report.peak_device_gb = devices.peak_memory_gb(device)
         put_away(model, block_name, weights)
         devices.empty_cache(device)
-        if resume is not None:
+        if resume is not None:  # export reads the committed copy, layer by layer
             resume.commit(block_name, qweights, dataclasses.asdict(report), stream_state(streams))
-        if resume is not None:  # the committed copy: export reads it layer by layer
             result.qweights.update(resume.stored_qweights(block_name))
         else:
             result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
@@ -321,13 +320,9 @@ def restored_streams(
     return Streams(full, captured.quantized.with_hidden([cache.store(t) for t in quantized_hidden]))
 
 
-def restore_block(block: nn.Module, entry: dict, resume: ResumeState, result: BlockwiseResult) -> None:
-    """Put a finished block's quantized weights back, exactly as tuning left them."""
-    block_name = entry["block"]
-    qweights = resume.load_qweights(entry)
+def restore_weights(block: nn.Module, block_name: str, stored: dict[str, StoredQuantizedWeight]) -> None:
+    """Put a finished block's quantized weights back into the model, exactly as tuning left them."""
     with torch.no_grad():
-        for rel, qw in qweights.items():
-            layer = block.get_submodule(rel)
+        for name, qw in stored.items():
+            layer = block.get_submodule(name.removeprefix(f"{block_name}."))
             layer.weight.copy_(qw.dequantize(layer.weight.dtype))
-    result.qweights.update(resume.stored_qweights(block_name))
-    result.blocks.append(BlockReport(**entry["report"]))

@@ -226,23 +226,6 @@ class ResumeState:
     def finished(self, group: str) -> list[dict[str, Any]]:
         return [entry for entry in self.done if entry["block"].startswith(group + ".")]
 
-    def load_qweights(self, entry: dict[str, Any]) -> dict[str, QuantizedWeight]:
-        """The quantized Linears of one finished block (an entry of :attr:`done`)."""
-        tensors = load_file(self.folder / f"{entry['block']}.safetensors")
-        out = {}
-        for meta in entry["layers"]:
-            name = meta["name"]
-            out[name] = QuantizedWeight(
-                codes=tensors[f"{name}.codes"],
-                scale=tensors[f"{name}.scale"],
-                zp=tensors[f"{name}.zp"],
-                bits=meta["bits"],
-                group_size=meta["group_size"],
-                sym=meta["sym"],
-                bias=tensors.get(f"{name}.bias"),
-            )
-        return out
-
     def stored_qweights(self, block: str) -> dict[str, StoredQuantizedWeight]:
         """A finished block's quantized Linears, left on disk until something reads them."""
         entry = next(e for e in self.done if e["block"] == block)
