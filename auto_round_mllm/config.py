@@ -131,6 +131,8 @@ class TuningConfig:
     enable_quanted_input: bool = True
     amp: bool = True
     scale_dtype: str = "float16"
+    torch_compile: bool | None = None
+    """Compile the fused quantizer; None decides by device and iters (see quant/kernel.py)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -315,6 +317,7 @@ def job_from_flags(
     disable_quanted_input: bool = False,
     disable_amp: bool = False,
     scale_dtype: str = "fp16",
+    torch_compile: bool | None = None,
     model_dtype: str = "auto",
     fp_layers: str | tuple[str, ...] = (),
     to_quant_block_names: str | tuple[str, ...] = (),
@@ -354,6 +357,7 @@ def job_from_flags(
             enable_quanted_input=not disable_quanted_input,
             amp=not disable_amp,
             scale_dtype=scale_dtype,
+            torch_compile=torch_compile,
         ),
         data=DataConfig(
             dataset=dataset,

@@ -119,6 +119,18 @@ def quantize_command(
     scale_dtype: str = typer.Option(
         "fp16", *names("--scale_dtype"), help="Scale precision during tuning: fp16 (default), bf16, fp32."
     ),
+    enable_torch_compile: bool = typer.Option(
+        False,
+        *names("--enable_torch_compile"),
+        help="Compile the fused quantizer even where it is off by default (devices other than CPU "
+        "and CUDA, or under 10 iters).",
+    ),
+    disable_torch_compile: bool = typer.Option(
+        False,
+        *names("--disable_torch_compile"),
+        help="Never compile the quantizer (on by default on CPU and CUDA from 10 iters; a failed "
+        "compilation already falls back with a warning).",
+    ),
     model_dtype: str = typer.Option(
         "auto",
         *names("--model_dtype"),
@@ -245,6 +257,14 @@ def quantize_command(
             "--trust_remote_code and --disable_trust_remote_code contradict each other",
             fix="pass only one (remote code is off unless --trust_remote_code)",
         )
+    if enable_torch_compile and disable_torch_compile:
+        raise UserError(
+            "--enable_torch_compile and --disable_torch_compile contradict each other",
+            fix="pass only one (or neither: compiled on CPU and CUDA from 10 iters)",
+        )
+    flags.pop("enable_torch_compile")
+    flags.pop("disable_torch_compile")
+    flags["torch_compile"] = True if enable_torch_compile else False if disable_torch_compile else None
     job = job_from_flags(**flags)
     if resume and job.export.force:
         raise UserError(

@@ -23,6 +23,7 @@ from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.pipeline.placement import BlockPlacement
 from auto_round_mllm.pipeline.plan import LayerDecision, scheme_lookup
 from auto_round_mllm.pipeline.resume import ResumeState, StoredQuantizedWeight
+from auto_round_mllm.quant.kernel import QdqKernel, compile_by_default
 from auto_round_mllm.quant.tunable import QuantizedWeight, unwrap_linears, wrap_linears
 from auto_round_mllm.tuning.base import TuneContext, Tuner
 from auto_round_mllm.utils import device as devices
@@ -182,6 +183,7 @@ def quantize_blocks(
     order = blocks_in_forward_order(group, len(modules[group]), block_names)
     chosen = set(block_names)
     result = BlockwiseResult()
+    kernel = quantizer_kernel(config, device, tuner)
 
     def run_all(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
         return forward_all(block, inputs, device, precision, config.batch_size, cache)
@@ -245,6 +247,7 @@ def quantize_blocks(
             scheme_lookup(decisions, block_name),
             enable_minmax_tuning=config.enable_minmax_tuning,
             scale_dtype=devices.torch_dtype(config.scale_dtype),
+            kernel=kernel,
         )
         report = BlockReport(
             name=block_name,
@@ -288,6 +291,15 @@ def quantize_blocks(
         log.debug("block %s: %s", block_name, report)
         progress.block_done(report)
     return result
+
+
+def quantizer_kernel(config: TuningConfig, device: torch.device, tuner: Tuner) -> QdqKernel:
+    """The fake-quant kernel for this run: compiled when asked, or by default where it pays."""
+    wanted = config.torch_compile
+    if wanted is None:
+        wanted = tuner.needs_data and compile_by_default(device, config.iters)
+    log.info("quantizer: %s", "compiled (torch.compile)" if wanted else "eager")
+    return QdqKernel(compiled=wanted)
 
 
 def put_away(model: nn.Module, block_name: str, weights: StreamedWeights | None) -> None:

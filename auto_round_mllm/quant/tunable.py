@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from auto_round_mllm.config import QuantScheme
+from auto_round_mllm.quant.kernel import QdqFunction, qdq
 from auto_round_mllm.quant.ops import (
-    fake_quant,
     from_codes,
     from_groups,
     group_range,
@@ -83,9 +83,12 @@ class TunableLinear(nn.Module):
         *,
         enable_minmax_tuning: bool = True,
         scale_dtype: torch.dtype = torch.float16,
+        kernel: QdqFunction = qdq,
     ) -> None:
         super().__init__()
         self.layer = layer
+        self.kernel = kernel
+        """Computes the fake-quantized weight: :func:`qdq` itself or a :class:`QdqKernel` compiling it."""
         self.scheme = scheme
         self.bits = scheme.bits
         self.sym = scheme.sym
@@ -135,15 +138,26 @@ class TunableLinear(nn.Module):
             scale_dtype=self.scale_dtype,
         )
 
-    def qdq_weight(self) -> Tensor:
-        """Fake-quantized weight ``[out, in]`` in fp32, differentiable w.r.t. v and the min/max scales."""
-        scale, zp = self._qparams()
-        groups = fake_quant(self.weight_groups, scale, zp, self.bits, self.v)
-        return from_groups(groups, self.out_features)
+    def qdq_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Fake-quantized weight ``[out, in]`` (computed in fp32, returned in ``dtype``),
+        differentiable w.r.t. v and the min/max scales."""
+        return self.kernel(
+            self.weight_groups,
+            self.wmin,
+            self.wmax,
+            self.v,
+            self.min_scale,
+            self.max_scale,
+            bits=self.bits,
+            sym=self.sym,
+            scale_dtype=self.scale_dtype,
+            out_features=self.out_features,
+            dtype=dtype,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         bias = self.layer.bias
-        return F.linear(x, self.qdq_weight().to(x.dtype), bias.to(x.dtype) if bias is not None else None)
+        return F.linear(x, self.qdq_weight(x.dtype), bias.to(x.dtype) if bias is not None else None)
 
     def round_parameters(self) -> list[nn.Parameter]:
         return [self.v]

@@ -277,6 +277,7 @@ CASES = [
     Case("unfinished-run-of-a-different-job", other_unfinished_run(), "pass --force"),
     Case("resume-and-force", with_model("--resume", "--force"), "contradict each other"),
     Case("conflicting-trust-flags", with_model("--trust_remote_code", "--disable_trust_remote_code"), "contradict each other"),
+    Case("conflicting-compile-flags", with_model("--enable_torch_compile", "--disable_torch_compile"), "contradict each other"),
     Case("device-map-of-absent-gpus", with_model("--device_map", "0,1"), "is not available"),
     Case("device-map-not-devices", with_model("--device_map", "gpu0,gpu1"), "is not a device"),
     Case("cache-dir-is-a-file", lambda s: ["--model", str(s.model), "--cache_dir", str(s.file("cache", "x"))],
