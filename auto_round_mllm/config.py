@@ -131,6 +131,9 @@ class TuningConfig:
     enable_quanted_input: bool = True
     amp: bool = True
     scale_dtype: str = "float16"
+    clip_search: bool = True
+    """Start each group's clipping at the ratio with the least importance-weighted RTN error
+    (quant/clip_search.py) instead of at 1, auto-round's start."""
     torch_compile: bool | None = None
     """Compile the fused quantizer; None decides by device and iters (see quant/kernel.py)."""
 
@@ -313,6 +316,7 @@ def job_from_flags(
     gradient_accumulate_steps: int = 1,
     seed: int = 42,
     disable_minmax_tuning: bool = False,
+    disable_clip_search: bool = False,
     not_use_best_mse: bool = False,
     disable_quanted_input: bool = False,
     disable_amp: bool = False,
@@ -353,6 +357,7 @@ def job_from_flags(
             gradient_accumulate_steps=gradient_accumulate_steps,
             seed=seed,
             enable_minmax_tuning=not disable_minmax_tuning,
+            clip_search=not disable_clip_search,
             use_best_mse=not not_use_best_mse,
             enable_quanted_input=not disable_quanted_input,
             amp=not disable_amp,

@@ -101,6 +101,12 @@ def quantize_command(
     disable_minmax_tuning: bool = typer.Option(
         False, *names("--disable_minmax_tuning"), help="Keep clipping scales at 1 (tune rounding only)."
     ),
+    disable_clip_search: bool = typer.Option(
+        False,
+        *names("--disable_clip_search"),
+        help="Start every group's clipping at 1, as auto-round does, instead of at the ratio with "
+        "the least activation-weighted round-to-nearest error.",
+    ),
     not_use_best_mse: bool = typer.Option(
         False,
         *names("--not_use_best_mse"),

@@ -79,6 +79,8 @@ def atomic_outputs(finals: list[Path], *, force: bool) -> Iterator[list[Path]]:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 staging.rename(final)
+        for final in finals:
+            remove_leftovers(final)
     except BaseException as exc:
         for staging in stagings:
             shutil.rmtree(staging, ignore_errors=True)
@@ -91,6 +93,15 @@ def atomic_outputs(finals: list[Path], *, force: bool) -> Iterator[list[Path]]:
                 fix="free disk space (or pick another --output_dir) and run again",
             ) from exc
         raise
+
+
+def remove_leftovers(final: Path) -> None:
+    """Temporary folders of earlier runs of this output that were killed (SIGKILL, power loss)
+    before they could clean up: once this run's output is in place they are garbage. (Two runs
+    writing one output at the same time would overwrite each other anyway.)"""
+    for pattern in (f".{final.name}.tmp-*", f".{final.name}.old-*"):
+        for leftover in final.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_safetensors(

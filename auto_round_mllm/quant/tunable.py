@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from auto_round_mllm.config import QuantScheme
+from auto_round_mllm.quant.clip_search import best_clip_ratios
 from auto_round_mllm.quant.kernel import QdqFunction, qdq
 from auto_round_mllm.quant.ops import (
     from_codes,
@@ -174,6 +175,27 @@ class TunableLinear(nn.Module):
             "min_scale": self.min_scale.detach().clone(),
             "max_scale": self.max_scale.detach().clone(),
         }
+
+    @torch.no_grad()
+    def start_from_best_clipping(self, input_mean_square: Tensor | None = None) -> None:
+        """Set both clipping multipliers to :func:`best_clip_ratios` (weighted by the input's
+        mean square per column when given) instead of 1."""
+        if not self.enable_minmax_tuning:
+            return
+        weights = None
+        if input_mean_square is not None:
+            weights = input_mean_square.to(self.wmin.device).reshape(-1, self.group_size)
+        ratios = best_clip_ratios(
+            self.weight_groups,
+            self.wmin,
+            self.wmax,
+            bits=self.bits,
+            sym=self.sym,
+            scale_dtype=self.scale_dtype,
+            column_weights=weights,
+        )
+        self.min_scale.copy_(ratios)
+        self.max_scale.copy_(ratios)
 
     @torch.no_grad()
     def restore(self, snapshot: dict[str, Tensor]) -> None:

@@ -59,3 +59,18 @@ def test_force_replaces_existing(tmp_path):
         (staging / "new.txt").write_text("new")
     assert [p.name for p in final.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_finished_write_clears_what_killed_runs_left_behind(tmp_path):
+    final = tmp_path / "out" / "model-w4g128"
+    killed = [tmp_path / "out" / ".model-w4g128.tmp-abc123", tmp_path / "out" / ".model-w4g128.old-4242"]
+    for folder in killed:
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half")
+    unrelated = tmp_path / "out" / ".other-w4g128.tmp-xyz"
+    unrelated.mkdir()
+    with atomic_outputs([final], force=False) as (staging,):
+        (staging / "config.json").write_text("{}")
+    assert (final / "config.json").is_file()
+    assert not any(folder.exists() for folder in killed)
+    assert unrelated.is_dir()  # another output's run may still be writing

@@ -49,8 +49,18 @@ def samples(n=16, length=24):
     return [{"input_ids": torch.randint(0, 100, (1, length), generator=gen)} for _ in range(n)]
 
 
-def run(config: TuningConfig, scheme=QuantScheme(2, 32), calibration=None):
-    model = ToyModel()
+class UncorrelatedToyModel(ToyModel):
+    """Unevenly scaled but independent channels: the clipping search's diagonal importance
+    weighting is then the layer's true output error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed.weight.data = torch.randn(100, HIDDEN) * torch.logspace(-1, 0.5, HIDDEN)
+
+
+def run(config: TuningConfig, scheme=QuantScheme(2, 32), calibration=None, model_class=None):
+    model = (model_class or ToyModel)()
     blocks = ["layers.0", "layers.1"]
     decisions = plan_layers(model, blocks, scheme, keep_patterns=(), checks=[])
     result = quantize_blocks(
@@ -94,10 +104,11 @@ def test_same_seed_gives_identical_codes():
 
 def test_best_iteration_is_restored_and_not_use_best_mse_keeps_the_last():
     """With a learning rate far too large every step makes things worse, so the best parameters
-    are the initial (RTN) ones; --not_use_best_mse keeps the damaged last ones instead."""
+    are the initial (RTN, without the clipping search) ones; --not_use_best_mse keeps the damaged
+    last ones instead."""
     rtn = run(TuningConfig(iters=0))[1]
-    best = run(TuningConfig(iters=6, batch_size=4, lr=3.0))[1]
-    last = run(TuningConfig(iters=6, batch_size=4, lr=3.0, use_best_mse=False))[1]
+    best = run(TuningConfig(iters=6, batch_size=4, lr=3.0, clip_search=False))[1]
+    last = run(TuningConfig(iters=6, batch_size=4, lr=3.0, use_best_mse=False, clip_search=False))[1]
     assert best.blocks[0].best_iter == 0
     assert torch.equal(best.qweights["layers.0.up"].codes, rtn.qweights["layers.0.up"].codes)
     assert not torch.equal(last.qweights["layers.0.up"].codes, rtn.qweights["layers.0.up"].codes)
@@ -157,3 +168,37 @@ def test_a_batch_of_another_shape_never_decides_the_best_step():
     ctx = TuneContext(inputs, targets, torch.device("cpu"), Precision(torch.device("cpu"), None), seed=0)
     outcome = SignRoundTuner(TuningConfig(iters=40, batch_size=2)).tune_block(block, wrapped, ctx)
     assert outcome.best_loss is not None and outcome.best_loss > 0
+
+
+def test_the_clipping_search_gives_a_better_start_than_round_to_nearest():
+    """Step 0 is evaluated before any update: with the whole set in one batch its loss is the
+    starting point's loss on the calibration set, which the search makes lower than RTN's."""
+    searched = run(TuningConfig(iters=1, batch_size=16), model_class=UncorrelatedToyModel)[1]
+    plain = run(TuningConfig(iters=1, batch_size=16, clip_search=False), model_class=UncorrelatedToyModel)[1]
+    for with_search, without in zip(searched.blocks, plain.blocks, strict=True):
+        assert without.first_loss == pytest.approx(without.rtn_loss, rel=1e-5)
+        assert with_search.first_loss < with_search.rtn_loss
+
+
+def test_the_clipping_search_weights_columns_by_the_unpadded_inputs():
+    """Padding positions carry garbage activations: they must not steer the clipping."""
+    from auto_round_mllm.pipeline.cache import CachePlacement
+    from auto_round_mllm.pipeline.capture import capture_block_inputs
+    from auto_round_mllm.quant.tunable import wrap_linears
+    from auto_round_mllm.tuning.base import TuneContext
+    from auto_round_mllm.tuning.signround import input_mean_squares
+
+    model = ToyModel()
+    padded = [
+        {"input_ids": s["input_ids"], "attention_mask": torch.ones_like(s["input_ids"])} for s in samples(4)
+    ]
+    padded[0]["attention_mask"][0, -6:] = 0
+    cpu = torch.device("cpu")
+    inputs = capture_block_inputs(model, model.layers[0], padded, device=cpu, cache=CachePlacement(cpu))
+    block = model.layers[0]
+    wrapped = wrap_linears(block, lambda name: QuantScheme(2, 32))
+    ctx = TuneContext(inputs=inputs, targets=[], device=cpu, precision=Precision(cpu, None), seed=0)
+    stats = input_mean_squares(block, wrapped, ctx, batch_size=4)
+    kept = torch.cat([inputs.hidden[0][0, :-6], *[inputs.hidden[i][0] for i in range(1, 4)]])
+    torch.testing.assert_close(stats["up"], kept.pow(2).mean(dim=0))
+    assert set(stats) == {"up", "down"} and stats["down"].shape == (4 * HIDDEN,)
