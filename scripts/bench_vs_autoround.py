@@ -12,7 +12,8 @@ texts minus the held-out ones) into ``nsamples x seqlen`` chunks; our CLI is giv
 same flags, and auto-round is handed the very same token ids. Same iters, batch size, seed, threads
 (``OMP_NUM_THREADS``). Every exported checkpoint is then read back with our dequantizing loader and
 scored against the full-precision model on held-out text (texts never seen in calibration): mean
-KL(fp || quantized) per token, top-1 agreement, and perplexity. The block loss column is each tool's
+KL(fp || quantized) per token, top-1 agreement, and perplexity; for a vision-language model also
+KL and top-1 on image-text prompts (the embedded images with their questions). The block loss column is each tool's
 final block MSE: ours over the whole calibration set with the final weights, auto-round's the best
 step's batch loss (rescaled from its log, which divides by the token count once more); a rough
 cross-check only, the KL is the comparison. Timings are also given as multiples
@@ -60,6 +61,10 @@ class Run:
     top1: float | None = None
     perplexity: float | None = None
     floor_multiple: float | None = None
+    image_kl: float | None = None
+    image_top1: float | None = None
+    failure: str | None = None
+    """Why this tool produced no checkpoint (one line); the other tools' results still stand."""
 
 
 @dataclass
@@ -72,7 +77,7 @@ class Case:
 
 
 # -- models -------------------------------------------------------------------------------------
-MODELS = ("tiny-llama", "llama-1024", "smollm2-135m")
+MODELS = ("tiny-llama", "tiny-qwen2-vl", "llama-1024", "smollm2-135m")
 
 
 def build_model(name: str, root: Path, python: Path | None) -> Path:
@@ -86,6 +91,8 @@ def build_model(name: str, root: Path, python: Path | None) -> Path:
         return folder
     if name == "tiny-llama":
         return make_tiny_models.make_tiny_llama(folder)
+    if name == "tiny-qwen2-vl":  # the test fixture: random weights, scored on image-text prompts too
+        return make_tiny_models.make_tiny_qwen2_vl(folder)
     if name == "llama-1024":
         return build_synthetic_llama(
             folder, layers=8, hidden=1024, intermediate=2816, vocab=0, heads=16, kv_heads=4
@@ -192,7 +199,12 @@ def run_autoround(python: Path, model: Path, bits: int, group: int, tokens: Path
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=thread_env(args.threads), check=False)
     if done.returncode:
-        raise SystemExit(f"auto-round failed:\n{done.stderr[-3000:]}")
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        print(f"auto-round failed on {model.name}:\n{done.stderr[-3000:]}", file=sys.stderr)
+        return Run(
+            tool="auto-round", wall_s=0.0, tune_s=0.0, peak_rss_gb=0.0, mean_final_loss=None,
+            output="", failure=(lines[-1] if lines else f"exit code {done.returncode}")[:160],
+        )  # fmt: skip
     result = json.loads(done.stdout.strip().splitlines()[-1])
     # auto-round logs its batch loss divided by the batch's token count (the mean over elements, then
     # over tokens again); times batch x seqlen it is the per-element MSE our report gives.
@@ -218,7 +230,15 @@ def score(runs: list[Run], model: Path, held_out: Path, args) -> float:
         reference, str(held_out), nsamples=args.eval_samples, seqlen=args.seqlen, seed=1
     ).samples
     fp = perplexity(reference.model, samples)
+    image_samples = None
+    if reference.image_processor is not None:  # a vision-language model: image-text prompts too
+        images = samples_for(
+            reference, "embedded-images", nsamples=args.eval_samples, seqlen=args.seqlen, seed=1
+        )
+        image_samples = images.samples
     for run in runs:
+        if run.failure is not None:
+            continue
         try:
             quantized = load_for_eval(run.output, trust_remote_code=False)
         except Exception as exc:  # a checkpoint no reader takes is a result too (auto-round pads groups)
@@ -226,6 +246,8 @@ def score(runs: list[Run], model: Path, held_out: Path, args) -> float:
             continue
         run.kl, run.top1 = agreement(quantized.model, reference.model, samples)
         run.perplexity = perplexity(quantized.model, samples)
+        if image_samples:
+            run.image_kl, run.image_top1 = agreement(quantized.model, reference.model, image_samples)
         del quantized
     return fp
 
@@ -249,24 +271,30 @@ def floor_seconds(model: Path, args, rate: float) -> float:
 def table(cases: list[Case]) -> str:
     lines = [
         "| model | scheme | tool | wall time | tuning | x floor | peak RSS | mean final block MSE "
-        "| KL vs fp | top-1 | perplexity (fp) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| KL vs fp | top-1 | perplexity (fp) | image-text KL | image-text top-1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
         for run in case.runs:
+            if run.failure is not None:
+                lines.append(
+                    f"| {case.model} | {case.scheme} | {run.tool} | failed: {run.failure} |" + " |" * 9
+                )
+                continue
             lines.append(
                 f"| {case.model} | {case.scheme} | {run.tool} | {run.wall_s:.1f} s | {run.tune_s:.1f} s "
                 f"| {run.floor_multiple:.2f} | {run.peak_rss_gb:.2f} GiB | {fmt(run.mean_final_loss)} "
                 f"| {fmt(run.kl, missing=UNREAD)} | {fmt(run.top1, '.1%', UNREAD)} "
-                f"| {fmt(run.perplexity, '.2f', UNREAD)} ({case.fp_perplexity:.2f}) |"
+                f"| {fmt(run.perplexity, '.2f', UNREAD)} ({case.fp_perplexity:.2f}) "
+                f"| {fmt(run.image_kl)} | {fmt(run.image_top1, '.1%')} |"
             )
         ours = next(r for r in case.runs if r.tool == "ours")
         theirs = next((r for r in case.runs if r.tool.startswith("auto-round")), None)
-        if theirs is not None:
+        if theirs is not None and theirs.failure is None:
             lines.append(
                 f"| {case.model} | {case.scheme} | **ours / auto-round** | **{ours.wall_s / theirs.wall_s:.2f}x** "
                 f"| **{ours.tune_s / theirs.tune_s:.2f}x** | | **{ours.peak_rss_gb / theirs.peak_rss_gb:.2f}x** "
-                f"| | {ratio(ours.kl, theirs.kl)} | | |"
+                f"| | {ratio(ours.kl, theirs.kl)} | | | {ratio(ours.image_kl, theirs.image_kl)} | |"
             )
     return "\n".join(lines)
 
@@ -318,7 +346,8 @@ def main() -> None:
             runs.append(run_ours(model, bits, group, 0, calib, out / "rtn", args))
             floor = floor_seconds(model, args, rate)
             for run in runs:
-                run.floor_multiple = run.tune_s / floor if run.tool != "RTN (ours)" else 0.0
+                tuned = run.tool != "RTN (ours)" and run.failure is None
+                run.floor_multiple = run.tune_s / floor if tuned else 0.0
             case = Case(name, scheme, score(runs, model, held_out, args), floor, runs)
             cases.append(case)
             print(table([case]), flush=True)

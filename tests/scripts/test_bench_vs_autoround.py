@@ -45,7 +45,23 @@ def test_table_puts_the_ratios_under_each_case():
             "RTN (ours)", 2.0, 0.1, 0.5, None, "c", kl=0.4, top1=0.7, perplexity=15.0, floor_multiple=0.0
         ),
     ]
+    runs[0].image_kl, runs[1].image_kl = 0.03, 0.06
     text = bench.table([bench.Case("m", "W4G128", 11.0, 7.0, runs)])
-    ratio_row = text.splitlines()[-1]
-    assert "**0.50x**" in ratio_row and "0.50x" in ratio_row.split("|")[-4]  # time and KL
+    header = text.splitlines()[0].split("|")
+    ratio_row = text.splitlines()[-1].split("|")
+    assert len(ratio_row) == len(header)
+    assert ratio_row[header.index(" wall time ")].strip() == "**0.50x**"
+    assert ratio_row[header.index(" KL vs fp ")].strip() == "0.50x"
+    assert ratio_row[header.index(" image-text KL ")].strip() == "0.50x"
     assert text.count("| m | W4G128 |") == 4
+
+
+def test_a_tool_that_fails_is_a_row_of_its_own_and_no_ratio():
+    runs = [
+        bench.Run("ours", 10.0, 8.0, 1.0, 0.5, "a", kl=0.1, top1=0.9, perplexity=12.0, floor_multiple=1.1),
+        bench.Run("auto-round", 0.0, 0.0, 0.0, None, "", failure="ValueError: unsupported model"),
+    ]
+    lines = bench.table([bench.Case("m", "W2G64", 11.0, 7.0, runs)]).splitlines()
+    assert len(lines[-1].split("|")) == len(lines[0].split("|"))
+    assert "failed: ValueError: unsupported model" in lines[-1]
+    assert not any("ours / auto-round" in line for line in lines)
