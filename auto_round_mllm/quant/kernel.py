@@ -87,7 +87,7 @@ class QdqKernel:
             self._failed = True
             text = str(error).strip()
             log.warning(
-                "torch.compile of the quantizer failed (%s); tuning continues eagerly, about 15%% "
+                "torch.compile of the quantizer failed (%s); tuning continues eagerly, about 10%% "
                 "slower on a CPU (--disable_torch_compile skips the attempt)",
                 (text.splitlines()[0] if text else type(error).__name__)[:200],
             )
