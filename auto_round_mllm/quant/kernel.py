@@ -1,10 +1,10 @@
 """The fake-quantized weight of a tunable layer: one eager reference, one compiled fused kernel.
 
 Eagerly, fake quantization is about ten elementwise passes over fp32 copies of the weight in the
-forward pass and a dozen in the backward pass. On the project's 2-core CPU they cost a fifth of a
-SignRound step (52 ms of 274 ms for one hidden-1024 Llama block, batch 8 x 256, measured with
-``scripts/bench_step.py``). Inductor fuses each direction into one loop that reads the weight in its
-own dtype and writes the compute dtype directly: 11 ms. Shapes are compiled static, because kernels
+forward pass and a dozen in the backward pass. On the project's 2-core CPU they cost about 50 ms of
+a 250-280 ms SignRound step for one hidden-1024 Llama block at batch 8 x 256 (torch.profiler, via
+``scripts/bench_step.py --profile``). Inductor fuses each direction into one loop that reads the
+weight in its own dtype and writes the compute dtype directly: about 10 ms. Shapes are compiled static, because kernels
 with a symbolic row count ran 5x slower on this CPU; every distinct layer shape therefore compiles
 once per process (1-4 s each, cached on disk by inductor across processes).
 
@@ -26,6 +26,9 @@ from torch import Tensor
 from auto_round_mllm.quant.ops import fake_quant, from_groups, qparams_from_range
 
 log = logging.getLogger(__name__)
+
+MIN_ITERS_TO_COMPILE = 10
+"""Below this, the seconds spent compiling each layer shape outweigh what the steps save."""
 
 RECOMPILE_LIMIT = 64
 """Distinct layer shapes one run may compile (dynamo's default of 8 is below a VLM's count)."""
@@ -113,9 +116,7 @@ class QdqKernel:
 
 
 def compile_by_default(device: torch.device, iters: int) -> bool:
-    """Whether ``--torch_compile auto`` compiles: on CPUs and CUDA GPUs (inductor's best-tested
-    targets) once tuning is long enough to repay a few seconds of compilation per layer shape."""
+    """Whether a run given neither ``--enable_torch_compile`` nor ``--disable_torch_compile``
+    compiles: on CPUs and CUDA GPUs (inductor's best-tested targets), once tuning is long enough
+    to repay a few seconds of compilation per layer shape."""
     return device.type in ("cpu", "cuda") and iters >= MIN_ITERS_TO_COMPILE
-
-
-MIN_ITERS_TO_COMPILE = 10
