@@ -8,6 +8,11 @@ the bf16 matmul rate measured here.
 
     python scripts/bench_step.py --shape llama-1024 --shape smollm2-135m
     python scripts/bench_step.py --shape smollm2-135m --profile    # torch.profiler table per kernel
+    python scripts/bench_step.py --shape smollm2-135m --block_dtype float32  # an fp32 checkpoint's block
+
+``--block_dtype float32`` is what the pipeline tunes for an fp32 checkpoint (SmolLM2's): norms,
+residual stream and cached activations in fp32, the matmuls under bf16 autocast. auto-round casts
+the whole model to bf16 first, which is the default here.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ def _timed(function) -> float:
     return time.perf_counter() - started
 
 
-def build_step(shape: BlockShape, compiled: bool, batch: int, seqlen: int, bits: int):
+def build_step(
+    shape: BlockShape, compiled: bool, batch: int, seqlen: int, bits: int, dtype: torch.dtype = torch.bfloat16
+):
     """A Llama decoder block with random weights, wrapped as the pipeline wraps it; returns the
     step function, the tunables' parameter count, and the block's quantized weight count."""
     from transformers import LlamaConfig
@@ -74,12 +81,12 @@ def build_step(shape: BlockShape, compiled: bool, batch: int, seqlen: int, bits:
         num_hidden_layers=1,
     )
     config._attn_implementation = "sdpa"
-    block = LlamaDecoderLayer(config, 0).to(torch.bfloat16)
+    block = LlamaDecoderLayer(config, 0).to(dtype)
     for parameter in block.parameters():
         if parameter.dim() == 2:
             parameter.data.normal_(0, 0.02)
     block.requires_grad_(False)
-    hidden = torch.randn(batch, seqlen, shape.hidden, dtype=torch.bfloat16)
+    hidden = torch.randn(batch, seqlen, shape.hidden, dtype=dtype)
     positions = torch.arange(seqlen)[None].expand(batch, -1)
     rope = LlamaRotaryEmbedding(config)(hidden, positions)
 
@@ -89,7 +96,7 @@ def build_step(shape: BlockShape, compiled: bool, batch: int, seqlen: int, bits:
         return out[0] if isinstance(out, tuple) else out
 
     with torch.no_grad():
-        target = forward().float()
+        target = forward().to(dtype)
     wrapped = wrap_linears(
         block, lambda name: QuantScheme(bits, shape.group_size, True), kernel=QdqKernel(compiled=compiled)
     )
@@ -105,7 +112,8 @@ def build_step(shape: BlockShape, compiled: bool, batch: int, seqlen: int, bits:
 
 
 def measure(name: str, compiled: bool, args, rate: float) -> dict:
-    step, weights = build_step(SHAPES[name], compiled, args.batch_size, args.seqlen, args.bits)
+    dtype = getattr(torch, args.block_dtype)
+    step, weights = build_step(SHAPES[name], compiled, args.batch_size, args.seqlen, args.bits, dtype)
     started = time.perf_counter()
     for _ in range(3):  # the compiled kernel compiles here
         step()
@@ -132,6 +140,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--block_dtype",
+        choices=("bfloat16", "float32"),
+        default="bfloat16",
+        help="dtype of the block's weights, inputs and targets (autocast to bf16 either way)",
+    )
     args = parser.parse_args()
     rate = matmul_rate(args.threads)
     print(

@@ -20,8 +20,13 @@ cross-check only, the KL is the comparison. Timings are also given as multiples
 of the matmul floor: iters x batch tokens x 6 x block parameters per block, at the bf16 (or fp32)
 matmul rate measured here.
 
+At 2 bits the KL of one run moves a lot with the seed (which samples share a batch), so
+``--seeds 42,43,44`` runs every tool once per seed and ends with a table of per-tool means and the
+ratio of the means.
+
     python scripts/bench_vs_autoround.py                        # every model, W4G128 and W2G64
     python scripts/bench_vs_autoround.py --models tiny-llama --schemes W4G128 --iters 50
+    python scripts/bench_vs_autoround.py --models smollm2-135m --schemes W2G64 --iters 50 --seeds 42,43,44
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class Case:
     fp_perplexity: float
     floor_s: float
     runs: list[Run] = field(default_factory=list)
+    seed: int = 42
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -299,6 +305,48 @@ def table(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
+def seed_table(cases: list[Case]) -> str:
+    """Each tool's mean over the seeds per model and scheme, with the spread, and the ratio of the
+    means: at 2 bits a single seed decides little (see ``--seeds``)."""
+    lines = [
+        "| model | scheme | tool | seeds | tuning (mean) | KL vs fp: mean (min-max) | perplexity: mean "
+        "| KL ours / auto-round, seed by seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str], list[Case]] = {}
+    for case in cases:
+        groups.setdefault((case.model, case.scheme), []).append(case)
+    for (model, scheme), group in groups.items():
+        by_tool: dict[str, list[Run]] = {}
+        for case in group:
+            for run in case.runs:
+                if run.failure is None and run.kl is not None:
+                    by_tool.setdefault(run.tool, []).append(run)
+        means: dict[str, float] = {}
+        for tool, runs in by_tool.items():
+            kls = [run.kl for run in runs]
+            means[tool] = sum(kls) / len(kls)
+            ppls = [run.perplexity for run in runs if run.perplexity is not None]
+            lines.append(
+                f"| {model} | {scheme} | {tool} | {len(runs)} | {sum(r.tune_s for r in runs) / len(runs):.1f} s "
+                f"| {fmt(means[tool])} ({fmt(min(kls))}-{fmt(max(kls))}) "
+                f"| {fmt(sum(ppls) / len(ppls) if ppls else None, '.2f')} | |"
+            )
+        theirs = next((tool for tool in means if tool.startswith("auto-round")), None)
+        if "ours" in means and theirs is not None:
+            per_seed = []
+            for case in group:
+                ours = next((r for r in case.runs if r.tool == "ours"), None)
+                other = next((r for r in case.runs if r.tool == theirs), None)
+                if ours is not None and other is not None and ours.kl is not None and other.kl:
+                    per_seed.append(f"{case.seed}: {ours.kl / other.kl:.2f}x")
+            lines.append(
+                f"| {model} | {scheme} | **ours / auto-round** | | | **{means['ours'] / means[theirs]:.2f}x** "
+                f"| | {', '.join(per_seed)} |"
+            )
+    return "\n".join(lines)
+
+
 def fmt(value: float | None, spec: str = ".4g", missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
@@ -316,6 +364,11 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--seeds",
+        help="comma list of seeds (overrides --seed): one run per tool and seed, then a table of means; "
+        "at 2 bits one seed's KL moves by about +-0.2",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--eval_samples", type=int, default=8)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/auto-round-mllm-bench"))
@@ -333,31 +386,37 @@ def main() -> None:
     from auto_round_mllm.utils.device import cpu_has_native_bf16
 
     rate = matmul_rate(torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [args.seed]
     cases = []
     for name in args.models.split(","):
         model = build_model(name, args.workdir / "models", python)
         tokens = calibration_tokens(model, calib, args, args.workdir / f"tokens-{name}.safetensors")
         for scheme in args.schemes.split(","):
             bits, group = SCHEMES[scheme]
-            out = args.workdir / "out" / name / scheme
-            runs = [run_ours(model, bits, group, args.iters, calib, out / "ours", args)]
-            if python is not None:
-                runs.append(run_autoround(python, model, bits, group, tokens, out / "autoround", args))
-            runs.append(run_ours(model, bits, group, 0, calib, out / "rtn", args))
-            floor = floor_seconds(model, args, rate)
-            for run in runs:
-                tuned = run.tool != "RTN (ours)" and run.failure is None
-                run.floor_multiple = run.tune_s / floor if tuned else 0.0
-            case = Case(name, scheme, score(runs, model, held_out, args), floor, runs)
-            cases.append(case)
-            print(table([case]), flush=True)
+            for seed in seeds:
+                seeded = argparse.Namespace(**{**vars(args), "seed": seed})
+                out = args.workdir / "out" / name / scheme / (f"seed{seed}" if args.seeds else "")
+                runs = [run_ours(model, bits, group, args.iters, calib, out / "ours", seeded)]
+                if python is not None:
+                    runs.append(run_autoround(python, model, bits, group, tokens, out / "autoround", seeded))
+                if seed == seeds[0]:  # round-to-nearest draws no batches: one run serves every seed
+                    runs.append(run_ours(model, bits, group, 0, calib, out / "rtn", seeded))
+                floor = floor_seconds(model, args, rate)
+                for run in runs:
+                    tuned = run.tool != "RTN (ours)" and run.failure is None
+                    run.floor_multiple = run.tune_s / floor if tuned else 0.0
+                case = Case(name, scheme, score(runs, model, held_out, args), floor, runs, seed)
+                cases.append(case)
+                print(table([case]), flush=True)
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, matmul floor rate "
         f"{rate / 1e9:.0f} GFLOP/s; torch {torch.__version__}; settings: iters {args.iters}, "
-        f"{args.nsamples} x {args.seqlen} tokens, batch {args.batch_size}, seed {args.seed}; "
+        f"{args.nsamples} x {args.seqlen} tokens, batch {args.batch_size}, seed {','.join(map(str, seeds))}; "
         f"harness peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB\n"
     )
     print(table(cases))
+    if len(seeds) > 1:
+        print("\n" + seed_table(cases))
     if args.json:
         args.json.write_text(json.dumps([asdict(c) for c in cases], indent=2) + "\n")
 

@@ -10,8 +10,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = REPO_ROOT / "scripts"
-if str(SCRIPTS_DIR) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS_DIR))  # make_tiny_models lives in scripts/, not in the package
+# make_tiny_models and the benchmark scripts live in scripts/ (their helpers in scripts/bench_support/),
+# not in the package
+for _folder in (SCRIPTS_DIR / "bench_support", SCRIPTS_DIR):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # huggingface_hub reads these when it is imported, which test modules may do while being collected,

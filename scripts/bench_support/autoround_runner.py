@@ -1,4 +1,5 @@
-"""Quantize a text-only causal LM with Intel's reference auto-round, on given tokens, and report.
+"""Quantize a causal LM or the text blocks of a vision-language model with Intel's reference
+auto-round, on given tokens, and report.
 
 This is the reference side of the auto-round comparison benchmark. It runs inside the isolated venv
 built by ``autoround_venv.py`` (never the project's environment), so it imports only torch,
@@ -11,7 +12,9 @@ one int64 ``input_ids`` tensor of shape [nsamples, seqlen]). They are handed to 
 of [batch_size, seqlen] tensors: its LLM calibration loop (``auto_round/calibration/llm.py``,
 ``calib``) feeds a tensor element straight to the model as ``input_ids`` with no re-tokenizing,
 filtering or truncation, counts rows until ``nsamples`` and batches the calibration forward the way
-its own dataloader would. Everything else (amp/bf16 on CPU, learning rates, min-max tuning,
+its own dataloader would. A vision-language model (its config has ``vision_config``) is loaded with
+``AutoModelForImageTextToText`` and goes through auto-round's MLLM calibrator
+(``auto_round/calibration/mllm.py``), whose generic branch does the same with each element. Everything else (amp/bf16 on CPU, learning rates, min-max tuning,
 torch.compile policy, export layout) is left at auto-round's defaults, since the point is to
 measure auto-round as users get it.
 
@@ -31,7 +34,8 @@ Its fields:
   parameters auto-round keeps. Empty for ``--iters 0`` (RTN / optimized RTN log no losses).
 - ``output``: the folder the checkpoint really landed in (auto-round appends ``<model>-w<bits>g<gs>``).
 - diagnostics: ``torch_compile``, ``amp``, ``amp_dtype`` (auto-round's final decisions),
-  ``calib_rows_forwarded`` (rows seen by the embedding, i.e. calibration samples used), the settings.
+  ``calib_rows_forwarded`` (rows seen by the embedding, i.e. calibration samples used),
+  ``multimodal`` (the MLLM path was taken), the settings.
 
     <venv>/bin/python scripts/bench_support/autoround_runner.py --model DIR --tokens ids.safetensors \\
         --bits 4 --group_size 128 --iters 200 --batch_size 8 --seed 42 --threads 16 --output OUT
@@ -198,6 +202,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def is_vision_language(model: Path) -> bool:
+    """A checkpoint with a vision tower (its config has ``vision_config``)."""
+    config = json.loads((model / "config.json").read_text())
+    return "vision_config" in config
+
+
 def load_tokens(path: Path) -> Any:
     """Read and validate the calibration ids, failing early with a clear message."""
     import torch
@@ -250,8 +260,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ids = load_tokens(args.tokens)
     nsamples, seqlen = (int(s) for s in ids.shape)
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(args.model), dtype="auto")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(args.model))
+    multimodal = is_vision_language(args.model)
+    if multimodal:  # transformers 5 refuses AutoModelForCausalLM for these (Qwen2-VL, LLaVA, ...)
+        model = transformers.AutoModelForImageTextToText.from_pretrained(str(args.model), dtype="auto")
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(args.model), dtype="auto")
     model.eval()
 
     vocab = model.get_input_embeddings().num_embeddings
@@ -270,9 +284,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dataset = list(torch.split(ids, max(1, min(args.batch_size, nsamples)), dim=0))
 
     row_counter = _RowCounter()
+    extra: dict[str, Any] = {}
+    if multimodal:
+        # auto-round's MLLM compressor asserts that it has a processor, even though text-only ids go
+        # through its generic branch (each element is fed to the model as input_ids) and never reach
+        # it; like ours, it then tunes the text blocks only. The model's own processor cannot be
+        # built here: Qwen2-VL's owns a video processor, which needs torchvision, whose PyPI wheels
+        # do not load with the CPU torch. The tokenizer stands in, with the PIL image processor.
+        extra["processor"] = tokenizer
+        extra["image_processor"] = transformers.AutoImageProcessor.from_pretrained(str(args.model))
     ar = AutoRound(
         model,
         tokenizer,
+        **extra,
         bits=args.bits,
         group_size=args.group_size,
         sym=not args.asym,
@@ -341,6 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "amp": bool(getattr(model_context, "amp", False)),
         "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
         "calib_rows_forwarded": row_counter.rows,
+        "multimodal": multimodal,
         "nsamples": nsamples,
         "seqlen": seqlen,
         "bits": args.bits,

@@ -35,7 +35,8 @@ def _requirements(version: str) -> list[str]:
 
     auto-round's own metadata asks for accelerate, datasets, numpy, py-cpuinfo, torch, tqdm,
     transformers, pydantic and requests; pip resolves those, but torch and transformers are pinned
-    here so the reference runs on the same stack as the project.
+    here so the reference runs on the same stack as the project. pillow is for vision-language
+    models: auto-round's MLLM path needs their (PIL) image processor.
     """
     return [
         f"torch=={TORCH_VERSION}",
@@ -44,6 +45,7 @@ def _requirements(version: str) -> list[str]:
         "accelerate",
         "safetensors",
         "datasets",
+        "pillow",
     ]
 
 

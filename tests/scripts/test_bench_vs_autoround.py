@@ -65,3 +65,23 @@ def test_a_tool_that_fails_is_a_row_of_its_own_and_no_ratio():
     assert len(lines[-1].split("|")) == len(lines[0].split("|"))
     assert "failed: ValueError: unsupported model" in lines[-1]
     assert not any("ours / auto-round" in line for line in lines)
+
+
+def test_seed_table_averages_each_tool_over_the_seeds_and_gives_the_ratio_of_means():
+    def case(seed: int, ours_kl: float, theirs_kl: float) -> bench.Case:
+        runs = [
+            bench.Run("ours", 10.0, 8.0, 1.0, 0.5, "a", kl=ours_kl, perplexity=30.0),
+            bench.Run("auto-round 0.16.1", 11.0, 9.0, 1.2, 0.6, "b", kl=theirs_kl, perplexity=40.0),
+        ]
+        return bench.Case("m", "W2G64", 13.0, 7.0, runs, seed)
+
+    text = bench.seed_table([case(42, 1.2, 1.0), case(43, 0.8, 1.0), case(44, 0.7, 1.0)])
+    lines = text.splitlines()
+    header = lines[0].split("|")
+    ours = next(line for line in lines if "| ours |" in line).split("|")
+    ratio = lines[-1].split("|")
+    assert all(len(line.split("|")) == len(header) for line in lines)
+    assert ours[header.index(" seeds ")].strip() == "3"
+    assert ours[header.index(" KL vs fp: mean (min-max) ")].strip() == "0.9 (0.7-1.2)"
+    assert ratio[header.index(" KL vs fp: mean (min-max) ")].strip() == "**0.90x**"
+    assert ratio[-2].strip() == "42: 1.20x, 43: 0.80x, 44: 0.70x"
