@@ -20,10 +20,12 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS / "bench_support"))
 WORKDIR = Path("/tmp/auto-round-mllm-bench")
 _ITER_LINE = re.compile(r"iter (\d+) loss")
 
@@ -72,8 +74,14 @@ def ours(args) -> dict[str, float]:
 
 
 def autoround(args) -> dict[str, float]:
-    python = WORKDIR / "venvs" / "autoround-0.16.1" / "bin" / "python"
+    from autoround_venv import ensure_autoround_venv
+
+    python = ensure_autoround_venv(WORKDIR / "venvs")
     tokens = WORKDIR / f"tokens-{args.model.name}.safetensors"
+    if not tokens.is_file():
+        raise SystemExit(
+            f"{tokens} is missing: run bench_vs_autoround.py on this model first (it writes them)"
+        )
     command = [
         str(python), str(SCRIPTS / "bench_support" / "autoround_runner.py"), "--model", str(args.model),
         "--tokens", str(tokens), "--bits", str(args.bits), "--group_size", str(args.group_size),
