@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -172,13 +173,19 @@ def thread_env(threads: int) -> dict[str, str]:
     }
 
 
-def run_ours(model: Path, bits: int, group: int, iters: int, dataset: Path, out: Path, args) -> Run:
-    command = [
+def ours_command(model: Path, bits: int, group: int, iters: int, dataset: Path, out: Path, args) -> list[str]:
+    """Our CLI at the shared settings, then ``--ours_flags`` (e.g. ``--model_dtype bfloat16``)."""
+    return [
         sys.executable, "-m", "auto_round_mllm", "--model", str(model), "--bits", str(bits),
         "--group_size", str(group), "--iters", str(iters), "--nsamples", str(args.nsamples),
         "--seqlen", str(args.seqlen), "--batch_size", str(args.batch_size), "--seed", str(args.seed),
         "--dataset", str(dataset), "--output_dir", str(out), "--force", "--json",
+        *shlex.split(getattr(args, "ours_flags", None) or ""),
     ]  # fmt: skip
+
+
+def run_ours(model: Path, bits: int, group: int, iters: int, dataset: Path, out: Path, args) -> Run:
+    command = ours_command(model, bits, group, iters, dataset, out, args)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=thread_env(args.threads), check=False)
     wall = time.perf_counter() - started
@@ -373,6 +380,10 @@ def main() -> None:
     parser.add_argument("--eval_samples", type=int, default=8)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/auto-round-mllm-bench"))
     parser.add_argument("--skip_autoround", action="store_true", help="ours and RTN only")
+    parser.add_argument(
+        "--ours_flags",
+        help="extra flags for our CLI (ours and RTN), in one string: --ours_flags='--model_dtype bfloat16'",
+    )
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
 
@@ -411,7 +422,8 @@ def main() -> None:
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, matmul floor rate "
         f"{rate / 1e9:.0f} GFLOP/s; torch {torch.__version__}; settings: iters {args.iters}, "
-        f"{args.nsamples} x {args.seqlen} tokens, batch {args.batch_size}, seed {','.join(map(str, seeds))}; "
+        f"{args.nsamples} x {args.seqlen} tokens, batch {args.batch_size}, seed {','.join(map(str, seeds))}"
+        f"{'; ours with ' + args.ours_flags if args.ours_flags else ''}; "
         f"harness peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB\n"
     )
     print(table(cases))

@@ -85,3 +85,23 @@ def test_seed_table_averages_each_tool_over_the_seeds_and_gives_the_ratio_of_mea
     assert ours[header.index(" KL vs fp: mean (min-max) ")].strip() == "0.9 (0.7-1.2)"
     assert ratio[header.index(" KL vs fp: mean (min-max) ")].strip() == "**0.90x**"
     assert ratio[-2].strip() == "42: 1.20x, 43: 0.80x, 44: 0.70x"
+
+
+def test_ours_flags_follow_the_shared_settings(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(
+        nsamples=16,
+        seqlen=256,
+        batch_size=8,
+        seed=43,
+        ours_flags="--model_dtype bfloat16 --disable_clip_search",
+    )
+    command = bench.ours_command(tmp_path / "m", 2, 64, 50, tmp_path / "c.jsonl", tmp_path / "o", args)
+    assert command[-3:] == ["--model_dtype", "bfloat16", "--disable_clip_search"]
+    assert command[command.index("--seed") + 1] == "43"
+    args.ours_flags = None
+    assert (
+        bench.ours_command(tmp_path / "m", 2, 64, 50, tmp_path / "c.jsonl", tmp_path / "o", args)[-1]
+        == "--json"
+    )
