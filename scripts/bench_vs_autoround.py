@@ -13,10 +13,10 @@ same flags, and auto-round is handed the very same token ids. Same iters, batch 
 (``OMP_NUM_THREADS``). Every exported checkpoint is then read back with our dequantizing loader and
 scored against the full-precision model on held-out text (texts never seen in calibration): mean
 KL(fp || quantized) per token, top-1 agreement, and perplexity; for a vision-language model also
-KL and top-1 on image-text prompts (the embedded images with their questions). The block loss column is each tool's
-final block MSE: ours over the whole calibration set with the final weights, auto-round's the best
-step's batch loss (rescaled from its log, which divides by the token count once more); a rough
-cross-check only, the KL is the comparison. Timings are also given as multiples
+KL and top-1 on image-text prompts (the embedded images with their questions). The block loss
+column is each tool's final block MSE: ours over the whole calibration set with the final weights,
+auto-round's the best step's batch loss (rescaled from its log, which divides by the token count
+once more); a rough cross-check only, the KL is the comparison. Timings are also given as multiples
 of the matmul floor: iters x batch tokens x 6 x block parameters per block, at the bf16 (or fp32)
 matmul rate measured here.
 
@@ -334,8 +334,9 @@ def seed_table(cases: list[Case]) -> str:
             kls = [run.kl for run in runs]
             means[tool] = sum(kls) / len(kls)
             ppls = [run.perplexity for run in runs if run.perplexity is not None]
+            tuning = sum(run.tune_s for run in runs) / len(runs)
             lines.append(
-                f"| {model} | {scheme} | {tool} | {len(runs)} | {sum(r.tune_s for r in runs) / len(runs):.1f} s "
+                f"| {model} | {scheme} | {tool} | {len(runs)} | {tuning:.1f} s "
                 f"| {fmt(means[tool])} ({fmt(min(kls))}-{fmt(max(kls))}) "
                 f"| {fmt(sum(ppls) / len(ppls) if ppls else None, '.2f')} | |"
             )
@@ -347,9 +348,9 @@ def seed_table(cases: list[Case]) -> str:
                 other = next((r for r in case.runs if r.tool == theirs), None)
                 if ours is not None and other is not None and ours.kl is not None and other.kl:
                     per_seed.append(f"{case.seed}: {ours.kl / other.kl:.2f}x")
+            mean_ratio = means["ours"] / means[theirs]
             lines.append(
-                f"| {model} | {scheme} | **ours / auto-round** | | | **{means['ours'] / means[theirs]:.2f}x** "
-                f"| | {', '.join(per_seed)} |"
+                f"| {model} | {scheme} | **ours / auto-round** | | | **{mean_ratio:.2f}x** | | {', '.join(per_seed)} |"
             )
     return "\n".join(lines)
 
@@ -404,6 +405,7 @@ def main() -> None:
         tokens = calibration_tokens(model, calib, args, args.workdir / f"tokens-{name}.safetensors")
         for scheme in args.schemes.split(","):
             bits, group = SCHEMES[scheme]
+            floor = floor_seconds(model, args, rate)
             for seed in seeds:
                 seeded = argparse.Namespace(**{**vars(args), "seed": seed})
                 out = args.workdir / "out" / name / scheme / (f"seed{seed}" if args.seeds else "")
@@ -412,7 +414,6 @@ def main() -> None:
                     runs.append(run_autoround(python, model, bits, group, tokens, out / "autoround", seeded))
                 if seed == seeds[0]:  # round-to-nearest draws no batches: one run serves every seed
                     runs.append(run_ours(model, bits, group, 0, calib, out / "rtn", seeded))
-                floor = floor_seconds(model, args, rate)
                 for run in runs:
                     tuned = run.tool != "RTN (ours)" and run.failure is None
                     run.floor_multiple = run.tune_s / floor if tuned else 0.0

@@ -4,9 +4,9 @@ Eagerly, fake quantization is about ten elementwise passes over fp32 copies of t
 forward pass and a dozen in the backward pass. On the project's 2-core CPU they cost about 50 ms of
 a 250-280 ms SignRound step for one hidden-1024 Llama block at batch 8 x 256 (torch.profiler, via
 ``scripts/bench_step.py --profile``). Inductor fuses each direction into one loop that reads the
-weight in its own dtype and writes the compute dtype directly: about 10 ms. Shapes are compiled static, because kernels
-with a symbolic row count ran 5x slower on this CPU; every distinct layer shape therefore compiles
-once per process (1-4 s each, cached on disk by inductor across processes).
+weight in its own dtype and writes the compute dtype directly: about 10 ms. Shapes are compiled
+static, because kernels with a symbolic row count ran 5x slower on this CPU; every distinct layer
+shape therefore compiles once per process (1-4 s each, cached on disk by inductor across processes).
 
 Compilation is an optimisation, never a requirement: if it fails (no C++ compiler, an unsupported
 device, a torch without inductor), the run logs one warning and continues with the eager

@@ -14,9 +14,9 @@ of [batch_size, seqlen] tensors: its LLM calibration loop (``auto_round/calibrat
 filtering or truncation, counts rows until ``nsamples`` and batches the calibration forward the way
 its own dataloader would. A vision-language model (its config has ``vision_config``) is loaded with
 ``AutoModelForImageTextToText`` and goes through auto-round's MLLM calibrator
-(``auto_round/calibration/mllm.py``), whose generic branch does the same with each element. Everything else (amp/bf16 on CPU, learning rates, min-max tuning,
-torch.compile policy, export layout) is left at auto-round's defaults, since the point is to
-measure auto-round as users get it.
+(``auto_round/calibration/mllm.py``), whose generic branch does the same with each element.
+Everything else (amp/bf16 on CPU, learning rates, min-max tuning, torch.compile policy, export
+layout) is left at auto-round's defaults, since the point is to measure auto-round as users get it.
 
 stdout carries exactly one line of JSON; all logs (auto-round's, transformers', tqdm) go to stderr.
 Its fields:
