@@ -35,6 +35,7 @@ from auto_round_mllm.models.family import (
 )
 from auto_round_mllm.models.loading import (
     LoadedModel,
+    checkpoint_dtype,
     load_model,
     model_skeleton,
     read_config,
@@ -59,7 +60,13 @@ from auto_round_mllm.pipeline.resume import (
 )
 from auto_round_mllm.quant.tunable import QuantizedWeight
 from auto_round_mllm.tuning import tuner_for
-from auto_round_mllm.utils.device import choose_precision, resolve_device, torch_dtype
+from auto_round_mllm.utils.device import (
+    DTYPE_NAMES,
+    choose_precision,
+    resolve_device,
+    torch_dtype,
+    tuning_dtype,
+)
 from auto_round_mllm.utils.memory import peak_rss_gb
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,8 @@ class TunedModel:
     device: str
     precision: str
     seconds: float
+    model_dtype: str = "float32"
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +100,7 @@ class QuantResult:
     calibration: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "float32"
+    model_dtype: str = "float32"
     tune_seconds: float = 0.0
     total_seconds: float = 0.0
     peak_rss_gb: float = 0.0
@@ -207,11 +217,18 @@ def tune(
     started = time.perf_counter()
     torch.manual_seed(job.tuning.seed)
     model = loaded.model
-    if job.model_dtype != "auto":
-        cast_parameters(model, torch_dtype(job.model_dtype))
     spread = parse_device_map(job.memory.device_map)
     device = spread[0] if spread else resolve_device(job.device)
-    model_dtype = next(model.parameters()).dtype
+    stored_dtype = loaded.checkpoint_dtype or parameter_dtype(model)
+    model_dtype = resolved_model_dtype(job, device, stored_dtype)
+    if parameter_dtype(model) != model_dtype:  # a model handed in, or a config that named no dtype
+        cast_parameters(model, model_dtype)
+    dtype_notes = []
+    if job.model_dtype == "auto" and model_dtype != stored_dtype:
+        dtype_notes.append(
+            f"the {DTYPE_NAMES[stored_dtype]} checkpoint was tuned and is written in "
+            f"{DTYPE_NAMES[model_dtype]}, the dtype AMP computes in (--model_dtype fp32 keeps fp32)"
+        )
     precision = choose_precision(device, model_dtype, amp=job.tuning.amp)
     tuner = tuner_for(job.tuning)
 
@@ -334,6 +351,8 @@ def tune(
         device=str(device),
         precision=precision.label,
         seconds=time.perf_counter() - started,
+        model_dtype=DTYPE_NAMES.get(model_dtype, str(model_dtype)),
+        notes=dtype_notes,
     )
 
 
@@ -422,12 +441,45 @@ def capture_text_inputs(
     return capture_block_inputs(model, block, samples, device=device, cache=cache)
 
 
+def parameter_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The model's dtype as transformers reports it: its first floating-point parameter's."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def resolved_model_dtype(job: QuantJob, device: torch.device, stored: torch.dtype) -> torch.dtype:
+    """The dtype the model is tuned and exported in: ``--model_dtype``, or under ``auto`` the
+    checkpoint's, with fp32 cast to bf16 where AMP autocasts to bf16 (see :func:`tuning_dtype`)."""
+    if job.model_dtype != "auto":
+        return torch_dtype(job.model_dtype)
+    return tuning_dtype(device, stored, amp=job.tuning.amp)
+
+
+def load_dtype(job: QuantJob, config: dict[str, Any]) -> str:
+    """The dtype to load the checkpoint in, so that an fp32 checkpoint tuned in bf16 is never
+    held in memory in fp32 (twice the RSS of the model while it loads)."""
+    stored = checkpoint_dtype(config)
+    if job.model_dtype != "auto" or stored is None:
+        return job.model_dtype
+    spread = parse_device_map(job.memory.device_map)
+    device = spread[0] if spread else resolve_device(job.device)
+    wanted = resolved_model_dtype(job, device, stored)
+    return DTYPE_NAMES[wanted] if wanted != stored and wanted in DTYPE_NAMES else "auto"
+
+
 def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast floating-point parameters only: buffers such as rotary ``inv_freq`` stay in fp32, as
-    ``from_pretrained(dtype=...)`` leaves them."""
+    ``from_pretrained(dtype=...)`` leaves them. The config follows, so the exported config.json
+    names the dtype its tensors are written in."""
     for param in model.parameters():
         if param.is_floating_point() and param.dtype != dtype:
             param.data = param.data.to(dtype)
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    config.dtype = dtype
+    for key in getattr(config, "sub_configs", {}):
+        if (sub := getattr(config, key, None)) is not None and hasattr(sub, "dtype"):
+            sub.dtype = dtype
 
 
 def write_formats(
@@ -502,8 +554,9 @@ def summarize(job: QuantJob, tuned: TunedModel) -> QuantResult:
         ),
         device=tuned.device,
         precision=tuned.precision,
+        model_dtype=tuned.model_dtype,
         tune_seconds=tuned.seconds,
-        notes=list(tuned.plan.notes) + (list(calib.notes) if calib else []) + notes,
+        notes=list(tuned.notes) + list(tuned.plan.notes) + (list(calib.notes) if calib else []) + notes,
         not_marlin=not_marlin,
     )
 
@@ -538,7 +591,7 @@ def quantize(
         plan = plan_calibration(job, model_type, family)
         loaded = load_model(
             str(model_dir),
-            model_dtype=job.model_dtype,
+            model_dtype=load_dtype(job, config),
             trust_remote_code=job.trust_remote_code,
             stream_blocks=streamable if job.memory.streaming and state is not None else None,
         )
@@ -601,10 +654,12 @@ class AutoRoundMLLM:
         name = str(model) if is_path else getattr(model, "name_or_path", "") or type(model).__name__
         self.job = job_from_flags(model=name, **flags)
         trust_remote_code = self.job.trust_remote_code
-        model_dtype = self.job.model_dtype
         check_job(self.job)
         if is_path:
-            self.loaded = load_model(str(model), model_dtype=model_dtype, trust_remote_code=trust_remote_code)
+            config = read_config(resolve_model_dir(str(model)))
+            self.loaded = load_model(
+                str(model), model_dtype=load_dtype(self.job, config), trust_remote_code=trust_remote_code
+            )
         else:
             if tokenizer is None:
                 tokenizer = getattr(processor, "tokenizer", None)

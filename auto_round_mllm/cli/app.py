@@ -140,7 +140,8 @@ def quantize_command(
     model_dtype: str = typer.Option(
         "auto",
         *names("--model_dtype"),
-        help="Cast the model before tuning: auto (checkpoint dtype), fp16, bf16, fp32.",
+        help="Dtype to tune and write the model in: auto (the checkpoint's; an fp32 checkpoint goes "
+        "to bf16 where AMP computes in bf16, as in auto-round), fp16, bf16, fp32.",
     ),
     fp_layers: str = typer.Option(
         "",

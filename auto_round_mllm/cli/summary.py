@@ -96,7 +96,7 @@ def render_summary(console: Console, result: QuantResult) -> None:
         f"blocks      {', '.join(groups)} ({len(result.blocks)} tuned)",
         f"scheme      {job.scheme.label} ({'sym' if job.scheme.sym else 'asym'}), {method}",
         f"layers      {result.quantized_layers} quantized, {len(result.skipped_layers)} kept in 16 bit",
-        f"device      {result.device} ({result.precision})",
+        f"device      {result.device} ({result.precision} compute, {result.model_dtype} weights)",
         f"time        {result.total_seconds:.1f}s total, {result.tune_seconds:.1f}s tuning",
         f"memory      peak RSS {result.peak_rss_gb:.2f} GiB"
         + (f", peak device {result.peak_device_gb:.2f} GiB" if result.peak_device_gb is not None else ""),

@@ -21,7 +21,7 @@ import torch
 from auto_round_mllm.errors import ModelNotFound, UserError
 from auto_round_mllm.models.family import ModelFamily, family_for_model_type
 from auto_round_mllm.models.streaming import NotStreamable, StreamedWeights, load_streaming
-from auto_round_mllm.utils.device import torch_dtype
+from auto_round_mllm.utils.device import DTYPES, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,16 @@ def resolve_model_dir(spec: str) -> Path:
             f"could not download {raw} from the hub ({type(exc).__name__})",
             fix="check the model id and your access rights, or pass a local folder",
         ) from exc
+
+
+def checkpoint_dtype(config: dict[str, Any]) -> torch.dtype | None:
+    """The dtype config.json names (``dtype``, or ``torch_dtype`` before transformers 5), at the
+    top or in the text config of a vision-language model; None when it names none."""
+    for section in (config, config.get("text_config") or {}):
+        name = section.get("dtype") or section.get("torch_dtype")
+        if isinstance(name, str) and name in DTYPES:
+            return DTYPES[name]
+    return None
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -214,6 +224,8 @@ class LoadedModel:
     image_processor: Any = None
     processor_notice: str | None = None
     streamed: StreamedWeights | None = None
+    checkpoint_dtype: torch.dtype | None = None
+    """The dtype config.json names, whatever the model was loaded in (None: unknown)."""
     """Set when the decoder blocks stream from disk (see :mod:`auto_round_mllm.models.streaming`)."""
 
     @property
@@ -269,6 +281,7 @@ def load_model(
         image_processor=procs.image_processor,
         processor_notice=procs.notice,
         streamed=streamed,
+        checkpoint_dtype=checkpoint_dtype(config),
     )
 
 
