@@ -8,6 +8,7 @@ block's fake-quantized output becomes the next block's quantized input.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -25,7 +26,7 @@ from auto_round_mllm.pipeline.plan import LayerDecision, scheme_lookup
 from auto_round_mllm.pipeline.resume import ResumeState, StoredQuantizedWeight
 from auto_round_mllm.quant.kernel import QdqKernel, compile_by_default
 from auto_round_mllm.quant.tunable import QuantizedWeight, unwrap_linears, wrap_linears
-from auto_round_mllm.tuning.base import TuneContext, Tuner
+from auto_round_mllm.tuning.base import InputRecorder, TuneContext, Tuner
 from auto_round_mllm.utils import device as devices
 from auto_round_mllm.utils.device import Precision
 from auto_round_mllm.utils.memory import release_host_memory
@@ -90,13 +91,17 @@ def forward_all(
     precision: Precision,
     batch_size: int,
     cache: CachePlacement,
+    recorder: InputRecorder | None = None,
 ) -> list[torch.Tensor]:
-    """The block's output for every sample, batched by shape, stored on the cache device."""
+    """The block's output for every sample, batched by shape, stored on the cache device;
+    ``recorder`` (open around the call) learns each batch's loss mask before it runs."""
     outputs: list[torch.Tensor | None] = [None] * len(inputs)
     for bucket in inputs.shape_buckets():
         for start in range(0, len(bucket), batch_size):
             indices = bucket[start : start + batch_size]
             hidden, args, kwargs = inputs.batch(indices, device)
+            if recorder is not None:
+                recorder.batch(inputs.loss_mask(indices, device))
             with precision.context():
                 out = run_block(block, hidden, args, kwargs)
             out = out.to(inputs.hidden[indices[0]].dtype)
@@ -185,8 +190,10 @@ def quantize_blocks(
     result = BlockwiseResult()
     kernel = quantizer_kernel(config, device, tuner)
 
-    def run_all(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
-        return forward_all(block, inputs, device, precision, config.batch_size, cache)
+    def run_all(
+        block: nn.Module, inputs: BlockInputs, recorder: InputRecorder | None = None
+    ) -> list[torch.Tensor]:
+        return forward_all(block, inputs, device, precision, config.batch_size, cache, recorder)
 
     finished = resume.finished(group) if resume else []
     for entry in finished:
@@ -266,7 +273,14 @@ def quantize_blocks(
                 on_step=progress.step,
             )
             if wrapped:
-                report.rtn_loss = mse(run_all(block, tune_inputs), targets, tune_inputs)
+                # one pass gives the RTN MSE and whatever the tuner records (the clipping search's
+                # statistics), instead of a pass each
+                recorder = tuner.input_recorder(wrapped)
+                with recorder or contextlib.nullcontext():
+                    rtn_out = run_all(block, tune_inputs, recorder)
+                report.rtn_loss = mse(rtn_out, targets, tune_inputs)
+                del rtn_out
+                ctx.input_stats = recorder.result() if recorder is not None else None
         if wrapped:
             outcome = tuner.tune_block(block, wrapped, ctx)
             report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss

@@ -32,6 +32,9 @@ class TuneContext:
     seed: int
     on_step: Callable[[int], None] | None = None
     """Called after every optimizer step (progress display)."""
+    input_stats: dict[str, torch.Tensor] | None = None
+    """Each wrapped layer's input mean square per column under round-to-nearest, when the
+    pipeline recorded them during its RTN pass for a tuner that ``wants_input_stats``."""
 
 
 @dataclass
@@ -43,6 +46,20 @@ class TuneOutcome:
     iters: int = 0
 
 
+class InputRecorder(Protocol):
+    """Hooks a tuner may ask the pipeline to keep open during its round-to-nearest pass."""
+
+    def __enter__(self) -> InputRecorder: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def batch(self, mask: torch.Tensor | None) -> None:
+        """The loss mask of the batch about to run (None: no padding)."""
+        ...
+
+    def result(self) -> dict[str, torch.Tensor]: ...
+
+
 class Tuner(Protocol):
     name: str
     needs_data: bool
@@ -51,6 +68,10 @@ class Tuner(Protocol):
         self, block: nn.Module, wrapped: dict[str, TunableLinear], ctx: TuneContext | None
     ) -> TuneOutcome:
         """Adjust the wrapped layers' learnable parameters in place."""
+        ...
+
+    def input_recorder(self, wrapped: dict[str, TunableLinear]) -> InputRecorder | None:
+        """Statistics to record in the pipeline's RTN pass into ``TuneContext.input_stats``."""
         ...
 
 

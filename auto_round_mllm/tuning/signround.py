@@ -69,21 +69,40 @@ def sign_step(params: list[torch.Tensor], lr: float) -> None:
         p.grad = None
 
 
-@torch.no_grad()
-def input_mean_squares(
-    block: nn.Module, wrapped: dict[str, TunableLinear], ctx: TuneContext, batch_size: int
-) -> dict[str, torch.Tensor]:
-    """Each wrapped layer's input mean square per column over the calibration set (the quantized
-    stream the tuning sees), padding positions left out: the importance weights of the clipping
-    search. One forward pass without gradients, about a third of one tuning step."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-    mask: torch.Tensor | None = None
+class InputMeanSquares:
+    """Forward pre-hooks that accumulate each wrapped layer's input mean square per column,
+    padding positions left out: the importance weights of the clipping search.
 
-    def recorder(name: str):
+    The pipeline opens one around its round-to-nearest pass (the block's output there is the
+    RTN MSE the summary reports), so the statistics cost no pass of their own; ``batch`` gives
+    each batch's loss mask before it runs."""
+
+    def __init__(self, wrapped: dict[str, TunableLinear]) -> None:
+        self.wrapped = wrapped
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+        self.mask: torch.Tensor | None = None
+        self.handles: list = []
+
+    def __enter__(self) -> InputMeanSquares:
+        self.handles = [
+            layer.register_forward_pre_hook(self._recorder(name)) for name, layer in self.wrapped.items()
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def batch(self, mask: torch.Tensor | None) -> None:
+        self.mask = mask
+
+    def _recorder(self, name: str):
         def record(module: nn.Module, args: tuple) -> None:
             x = args[0].detach().float()
             squared = x.pow(2)
+            mask = self.mask
             weights = mask if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]) else None
             if weights is not None:
                 squared = squared * weights.unsqueeze(-1)
@@ -91,24 +110,30 @@ def input_mean_squares(
             else:
                 count = torch.tensor(float(x.numel() // x.shape[-1]), device=x.device)
             total = squared.reshape(-1, x.shape[-1]).sum(dim=0)
-            sums[name] = sums[name] + total if name in sums else total
-            counts[name] = counts[name] + count if name in counts else count
+            self.sums[name] = self.sums[name] + total if name in self.sums else total
+            self.counts[name] = self.counts[name] + count if name in self.counts else count
 
         return record
 
-    handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in wrapped.items()]
-    try:
+    def result(self) -> dict[str, torch.Tensor]:
+        return {name: self.sums[name] / self.counts[name].clamp(min=1) for name in self.sums}
+
+
+@torch.no_grad()
+def input_mean_squares(
+    block: nn.Module, wrapped: dict[str, TunableLinear], ctx: TuneContext, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """:class:`InputMeanSquares` over the calibration set (the quantized stream the tuning sees),
+    in a pass of its own: about a third of one tuning step per batch."""
+    with InputMeanSquares(wrapped) as recorder:
         for bucket in ctx.inputs.shape_buckets():
             for start in range(0, len(bucket), batch_size):
                 indices = bucket[start : start + batch_size]
                 hidden, args, kwargs = ctx.inputs.batch(indices, ctx.device)
-                mask = ctx.inputs.loss_mask(indices, ctx.device)
+                recorder.batch(ctx.inputs.loss_mask(indices, ctx.device))
                 with ctx.precision.context():
                     run_block(block, hidden, args, kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: sums[name] / counts[name].clamp(min=1) for name in sums}
+    return recorder.result()
 
 
 @dataclass
@@ -117,6 +142,15 @@ class SignRoundTuner:
     name: str = "signround"
     needs_data: bool = True
 
+    @property
+    def wants_input_stats(self) -> bool:
+        """The clipping search weighs its error by the layers' input mean squares."""
+        return self.config.clip_search and self.config.enable_minmax_tuning
+
+    def input_recorder(self, wrapped: dict[str, TunableLinear]) -> InputMeanSquares | None:
+        """What the pipeline's RTN pass should record for this tuner (see :class:`TuneContext`)."""
+        return InputMeanSquares(wrapped) if self.wants_input_stats else None
+
     def tune_block(
         self, block: nn.Module, wrapped: dict[str, TunableLinear], ctx: TuneContext | None
     ) -> TuneOutcome:
@@ -124,8 +158,10 @@ class SignRoundTuner:
         cfg = self.config
         round_params = [p for layer in wrapped.values() for p in layer.round_parameters()]
         minmax_params = [p for layer in wrapped.values() for p in layer.minmax_parameters()]
-        if cfg.clip_search and cfg.enable_minmax_tuning:
-            stats = input_mean_squares(block, wrapped, ctx, cfg.batch_size)
+        if self.wants_input_stats:
+            stats = ctx.input_stats
+            if stats is None:
+                stats = input_mean_squares(block, wrapped, ctx, cfg.batch_size)
             for name, layer in wrapped.items():
                 layer.start_from_best_clipping(stats.get(name))
         sampler = CyclicBatchSampler(ctx.inputs.shape_buckets(), cfg.batch_size, ctx.seed)

@@ -202,3 +202,34 @@ def test_the_clipping_search_weights_columns_by_the_unpadded_inputs():
     kept = torch.cat([inputs.hidden[0][0, :-6], *[inputs.hidden[i][0] for i in range(1, 4)]])
     torch.testing.assert_close(stats["up"], kept.pow(2).mean(dim=0))
     assert set(stats) == {"up", "down"} and stats["down"].shape == (4 * HIDDEN,)
+
+
+def test_the_pipeline_records_the_clipping_statistics_in_its_rtn_pass(monkeypatch):
+    """The RTN MSE pass and the clipping search's statistics pass ran the same batches on the same
+    weights: one pass now gives both, with the statistics (hence the tuned weights) unchanged."""
+    from auto_round_mllm.tuning import signround
+
+    passes = {"n": 0}
+    real = signround.input_mean_squares
+
+    def counted(*args, **kwargs):
+        passes["n"] += 1
+        return real(*args, **kwargs)
+
+    config = TuningConfig(iters=5, batch_size=4)
+    monkeypatch.setattr(signround, "input_mean_squares", counted)
+    model, result = run(config)
+    assert passes["n"] == 0, "the tuner made a statistics pass of its own"
+    monkeypatch.setattr(signround.SignRoundTuner, "input_recorder", lambda self, wrapped: None)
+    separate_model, separate = run(config)
+    assert passes["n"] == 2, "without a recorder the tuner should make its own pass per block"
+    for one, other in zip(result.blocks, separate.blocks, strict=True):
+        assert (one.rtn_loss, one.first_loss, one.final_loss) == (
+            other.rtn_loss,
+            other.first_loss,
+            other.final_loss,
+        )
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), separate_model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
