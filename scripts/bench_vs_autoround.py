@@ -383,7 +383,7 @@ def main() -> None:
     parser.add_argument("--skip_autoround", action="store_true", help="ours and RTN only")
     parser.add_argument(
         "--ours_flags",
-        help="extra flags for our CLI (ours and RTN), in one string: --ours_flags='--model_dtype bfloat16'",
+        help="extra flags for our CLI (ours and RTN), in one string: --ours_flags='--model_dtype fp32'",
     )
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
