@@ -218,7 +218,7 @@ def tune(
     torch.manual_seed(job.tuning.seed)
     model = loaded.model
     spread = parse_device_map(job.memory.device_map)
-    device = spread[0] if spread else resolve_device(job.device)
+    device = compute_device(job)
     stored_dtype = loaded.checkpoint_dtype or parameter_dtype(model)
     model_dtype = resolved_model_dtype(job, device, stored_dtype)
     if parameter_dtype(model) != model_dtype:  # a model handed in, or a config that named no dtype
@@ -441,6 +441,12 @@ def capture_text_inputs(
     return capture_block_inputs(model, block, samples, device=device, cache=cache)
 
 
+def compute_device(job: QuantJob) -> torch.device:
+    """Where blocks are tuned: ``--device``, or the first device of ``--device_map``."""
+    spread = parse_device_map(job.memory.device_map)
+    return spread[0] if spread else resolve_device(job.device)
+
+
 def parameter_dtype(model: torch.nn.Module) -> torch.dtype:
     """The model's dtype as transformers reports it: its first floating-point parameter's."""
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -460,9 +466,7 @@ def load_dtype(job: QuantJob, config: dict[str, Any]) -> str:
     stored = checkpoint_dtype(config)
     if job.model_dtype != "auto" or stored is None:
         return job.model_dtype
-    spread = parse_device_map(job.memory.device_map)
-    device = spread[0] if spread else resolve_device(job.device)
-    wanted = resolved_model_dtype(job, device, stored)
+    wanted = resolved_model_dtype(job, compute_device(job), stored)
     return DTYPE_NAMES[wanted] if wanted != stored and wanted in DTYPE_NAMES else "auto"
 
 
