@@ -224,9 +224,9 @@ class LoadedModel:
     image_processor: Any = None
     processor_notice: str | None = None
     streamed: StreamedWeights | None = None
+    """Set when the decoder blocks stream from disk (see :mod:`auto_round_mllm.models.streaming`)."""
     checkpoint_dtype: torch.dtype | None = None
     """The dtype config.json names, whatever the model was loaded in (None: unknown)."""
-    """Set when the decoder blocks stream from disk (see :mod:`auto_round_mllm.models.streaming`)."""
 
     @property
     def model_type(self) -> str:

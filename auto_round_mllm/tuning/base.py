@@ -33,8 +33,8 @@ class TuneContext:
     on_step: Callable[[int], None] | None = None
     """Called after every optimizer step (progress display)."""
     input_stats: dict[str, torch.Tensor] | None = None
-    """Each wrapped layer's input mean square per column under round-to-nearest, when the
-    pipeline recorded them during its RTN pass for a tuner that ``wants_input_stats``."""
+    """What the tuner's :meth:`Tuner.input_recorder` gathered during the pipeline's RTN pass
+    (SignRound: each wrapped layer's input mean square per column); None when it asked for nothing."""
 
 
 @dataclass
