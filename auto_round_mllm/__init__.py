@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from auto_round_mllm._version import __version__
 
 _LAZY = {
     "AutoRoundMLLM": "auto_round_mllm.api",

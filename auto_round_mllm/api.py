@@ -27,17 +27,18 @@ from auto_round_mllm.errors import UserError
 from auto_round_mllm.export import EXPORTERS, ExportInput
 from auto_round_mllm.export.checkpoint import marlin_report
 from auto_round_mllm.export.writer import atomic_outputs, check_output_dir, write_json
+from auto_round_mllm.models.architecture import model_skeleton
 from auto_round_mllm.models.family import (
     ModelFamily,
     family_for_model_type,
     select_blocks,
     vision_block_lists,
 )
+from auto_round_mllm.models.layer_plan import LayerDecision, plan_layers
 from auto_round_mllm.models.loading import (
     LoadedModel,
     checkpoint_dtype,
     load_model,
-    model_skeleton,
     read_config,
     resolve_model_dir,
 )
@@ -48,10 +49,9 @@ from auto_round_mllm.pipeline.blockwise import (
     place_outside_blocks,
     quantize_blocks,
 )
-from auto_round_mllm.pipeline.cache import BlockInputs, CachePlacement
+from auto_round_mllm.pipeline.cache import CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.pipeline.placement import BlockPlacement, parse_device_map
-from auto_round_mllm.pipeline.plan import LayerDecision, plan_layers
 from auto_round_mllm.pipeline.resume import (
     ResumeState,
     model_fingerprint,
@@ -60,6 +60,7 @@ from auto_round_mllm.pipeline.resume import (
 )
 from auto_round_mllm.quant.tunable import QuantizedWeight
 from auto_round_mllm.tuning import tuner_for
+from auto_round_mllm.tuning.block_inputs import BlockInputs
 from auto_round_mllm.utils.device import (
     DTYPE_NAMES,
     choose_precision,

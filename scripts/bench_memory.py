@@ -34,8 +34,8 @@ def build_synthetic_llama(
     from make_tiny_models import build_tokenizer
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from auto_round_mllm.export.tensor_files import LazyTensor, write_sharded
     from auto_round_mllm.export.writer import write_json
+    from auto_round_mllm.utils.tensor_files import LazyTensor, write_sharded
 
     if (folder / "config.json").is_file():
         return folder

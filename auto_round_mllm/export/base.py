@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from torch import nn
 
 from auto_round_mllm.config import QuantJob, QuantScheme
-from auto_round_mllm.pipeline.plan import LayerDecision
+from auto_round_mllm.models.layer_plan import LayerDecision
 from auto_round_mllm.quant.tunable import QuantizedWeight
 from auto_round_mllm.registry import Registry
 

@@ -18,9 +18,9 @@ from torch import nn
 from auto_round_mllm.export.base import ExportInput
 from auto_round_mllm.export.layouts import marlin_problem
 from auto_round_mllm.export.naming import checkpoint_namer, module_checkpoint_name
-from auto_round_mllm.export.tensor_files import LazyTensor, TensorLike
 from auto_round_mllm.export.writer import copy_processing_files, write_json, write_safetensors
 from auto_round_mllm.quant.tunable import QuantizedWeight
+from auto_round_mllm.utils.tensor_files import LazyTensor, TensorLike
 
 Namer = Callable[[str], str]
 Packer = Callable[[QuantizedWeight], dict[str, torch.Tensor]]

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from auto_round_mllm import __version__
+from auto_round_mllm._version import __version__
 from auto_round_mllm.config import QuantScheme
 from auto_round_mllm.errors import IncompatibleScheme
 from auto_round_mllm.export.base import ExportInput, register_exporter

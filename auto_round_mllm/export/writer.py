@@ -18,7 +18,7 @@ from typing import Any
 
 from auto_round_mllm.config import parse_size
 from auto_round_mllm.errors import OutputExists, UserError
-from auto_round_mllm.export.tensor_files import TensorLike, write_sharded
+from auto_round_mllm.utils.tensor_files import TensorLike, write_sharded
 
 # Files of the source folder that are weights or configs we rewrite; everything else small is copied.
 NOT_COPIED = re.compile(

@@ -81,7 +81,7 @@ def load_dequantized(
     Models that ship their own code (their ``.py`` files sit beside the weights) need
     ``trust_remote_code=True``, as they do for the original checkpoint.
     """
-    from auto_round_mllm.models.loading import model_class_for
+    from auto_round_mllm.models.architecture import model_class_for
 
     folder = Path(path)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -158,7 +158,7 @@ def load_quantized(
     """A transformers model with packed :class:`QuantLinear` layers, for any ``auto_round``,
     ``auto_gptq`` or ``auto_awq`` checkpoint we write. ``backend``: see :class:`QuantLinear`."""
     check_backend(backend)
-    from auto_round_mllm.models.loading import model_class_for
+    from auto_round_mllm.models.architecture import model_class_for
 
     folder = Path(path)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from auto_round_mllm.export.tensor_files import LazyTensor
+from auto_round_mllm.models.architecture import check_loading_info, model_class_for
+from auto_round_mllm.utils.device import torch_dtype
+from auto_round_mllm.utils.tensor_files import DTYPE_ORDER, LazyTensor
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,6 @@ def checkpoint_tensors(model_dir: Path) -> dict[str, tuple[Path, torch.dtype, tu
 
 
 def _safetensors_dtype(name: str) -> torch.dtype:
-    from auto_round_mllm.export.tensor_files import DTYPE_ORDER
-
     for stored, dtype in DTYPE_ORDER:
         if stored == name:
             return dtype
@@ -139,8 +139,6 @@ def resolve_dtype(
     hf_config: Any, model_dtype: str, stored: dict[str, tuple[Path, torch.dtype, tuple]]
 ) -> torch.dtype:
     """transformers' ``dtype="auto"`` rule: the config's dtype, else the first floating tensor's."""
-    from auto_round_mllm.utils.device import torch_dtype
-
     if model_dtype != "auto":
         return torch_dtype(model_dtype)
     configured = getattr(hf_config, "dtype", None)
@@ -171,8 +169,6 @@ def load_streaming(
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
     from transformers.utils.generic import ContextManagers
-
-    from auto_round_mllm.models.loading import check_loading_info, model_class_for
 
     cls = model_class_for(config, trust_remote_code=trust_remote_code)
     if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)) or config.get("auto_map"):

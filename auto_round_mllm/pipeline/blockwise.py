@@ -18,15 +18,16 @@ import torch
 from torch import nn
 
 from auto_round_mllm.config import TuningConfig
+from auto_round_mllm.models.layer_plan import LayerDecision, scheme_lookup
 from auto_round_mllm.models.streaming import StreamedWeights
-from auto_round_mllm.pipeline.cache import BlockInputs, CachePlacement, run_block
+from auto_round_mllm.pipeline.cache import CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.pipeline.placement import BlockPlacement
-from auto_round_mllm.pipeline.plan import LayerDecision, scheme_lookup
 from auto_round_mllm.pipeline.resume import ResumeState, StoredQuantizedWeight
 from auto_round_mllm.quant.kernel import QdqKernel, compile_by_default
 from auto_round_mllm.quant.tunable import QuantizedWeight, unwrap_linears, wrap_linears
 from auto_round_mllm.tuning.base import InputRecorder, TuneContext, Tuner
+from auto_round_mllm.tuning.block_inputs import BlockInputs, run_block
 from auto_round_mllm.utils import device as devices
 from auto_round_mllm.utils.device import Precision
 from auto_round_mllm.utils.memory import release_host_memory

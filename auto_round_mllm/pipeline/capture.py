@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from auto_round_mllm.pipeline.cache import BlockInputs, CachePlacement, move
+from auto_round_mllm.pipeline.cache import CachePlacement
+from auto_round_mllm.tuning.block_inputs import BlockInputs, move
 
 # Keyword arguments that belong to generation, not to calibration.
 DROPPED_KWARGS = ("past_key_value", "past_key_values", "output_attentions")

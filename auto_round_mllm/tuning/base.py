@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from auto_round_mllm.config import TuningConfig
-from auto_round_mllm.pipeline.cache import BlockInputs
 from auto_round_mllm.quant.tunable import TunableLinear
 from auto_round_mllm.registry import Registry
+from auto_round_mllm.tuning.block_inputs import BlockInputs
 from auto_round_mllm.utils.device import Precision
 
 

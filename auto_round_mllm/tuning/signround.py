@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from auto_round_mllm.config import TuningConfig
-from auto_round_mllm.pipeline.cache import masked_mse, run_block
 from auto_round_mllm.quant.tunable import TunableLinear
 from auto_round_mllm.tuning.base import TuneContext, TuneOutcome, register_tuner
+from auto_round_mllm.tuning.block_inputs import masked_mse, run_block
 
 
 class CyclicBatchSampler:

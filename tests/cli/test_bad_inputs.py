@@ -190,7 +190,7 @@ def disk_full(s: Setup) -> list[str]:
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    s.monkeypatch.setattr("auto_round_mllm.export.tensor_files.write_file", no_space)
+    s.monkeypatch.setattr("auto_round_mllm.utils.tensor_files.write_file", no_space)
     return ["--model", str(s.model), "--format", "auto_round,fake"]
 
 

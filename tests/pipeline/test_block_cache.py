@@ -1,6 +1,6 @@
 import torch
 
-from auto_round_mllm.pipeline.cache import BlockInputs, run_block
+from auto_round_mllm.tuning.block_inputs import BlockInputs, run_block
 
 
 def capture(seed: int, *, mask_value: float = 0.0):
@@ -56,7 +56,7 @@ def test_run_block_unwraps_tuples():
 
 
 def test_masked_mse_ignores_padding():
-    from auto_round_mllm.pipeline.cache import masked_mse
+    from auto_round_mllm.tuning.block_inputs import masked_mse
 
     out, target = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
     assert torch.allclose(masked_mse(out, target, None), torch.nn.functional.mse_loss(out, target))

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from auto_round_mllm.models.loading import load_model
-from auto_round_mllm.pipeline.cache import CachePlacement, run_block
+from auto_round_mllm.pipeline.cache import CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
+from auto_round_mllm.tuning.block_inputs import run_block
 
 CPU = torch.device("cpu")
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from auto_round_mllm.config import QuantScheme, TuningConfig
+from auto_round_mllm.models.layer_plan import plan_layers
 from auto_round_mllm.pipeline.blockwise import quantize_blocks
-from auto_round_mllm.pipeline.plan import plan_layers
 from auto_round_mllm.tuning import tuner_for
 from auto_round_mllm.tuning.signround import CyclicBatchSampler
 from auto_round_mllm.utils.device import Precision
@@ -153,9 +153,9 @@ def test_best_step_is_judged_on_the_largest_same_shape_group():
 def test_a_batch_of_another_shape_never_decides_the_best_step():
     """A zero-input sample's loss is exactly 0 whatever the rounding (the output is the bias): if its
     batch could compete, the best loss would be 0 and the best step an accident of sampling."""
-    from auto_round_mllm.pipeline.cache import BlockInputs
     from auto_round_mllm.quant.tunable import wrap_linears
     from auto_round_mllm.tuning.base import TuneContext
+    from auto_round_mllm.tuning.block_inputs import BlockInputs
     from auto_round_mllm.tuning.signround import SignRoundTuner
 
     torch.manual_seed(0)

@@ -2,7 +2,7 @@ from torch import nn
 
 from auto_round_mllm.config import QuantScheme
 from auto_round_mllm.export.layouts import gptq_layer_problem
-from auto_round_mllm.pipeline.plan import plan_layers
+from auto_round_mllm.models.layer_plan import plan_layers
 
 
 class Block(nn.Module):

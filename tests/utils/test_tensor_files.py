@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file, save_file
 
-from auto_round_mllm.export.tensor_files import LazyTensor, plan_shards, write_file, write_sharded
+from auto_round_mllm.utils.tensor_files import LazyTensor, plan_shards, write_file, write_sharded
 
 DTYPES = [
     torch.float32,
