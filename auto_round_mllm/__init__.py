@@ -12,7 +12,7 @@ from auto_round_mllm._version import __version__
 _LAZY = {
     "AutoRoundMLLM": "auto_round_mllm.api",
     "quantize": "auto_round_mllm.api",
-    "QuantResult": "auto_round_mllm.api",
+    "QuantResult": "auto_round_mllm.report",
     "QuantJob": "auto_round_mllm.config",
     "QuantScheme": "auto_round_mllm.config",
     "TuningConfig": "auto_round_mllm.config",
@@ -38,11 +38,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from auto_round_mllm.api import AutoRoundMLLM, QuantResult, quantize
+    from auto_round_mllm.api import AutoRoundMLLM, quantize
     from auto_round_mllm.config import PRESETS, QuantJob, QuantScheme, TuningConfig
     from auto_round_mllm.errors import UserError
     from auto_round_mllm.inference.dequantize import load_dequantized
     from auto_round_mllm.inference.loader import load_quantized
+    from auto_round_mllm.report import QuantResult
 
 
 def __getattr__(name: str) -> Any:

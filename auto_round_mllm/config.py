@@ -31,6 +31,11 @@ DTYPE_ALIASES = {
 }
 
 
+def group_length(in_features: int, group_size: int) -> int:
+    """Input channels per quantization group: ``group_size``, or all of them for ``-1`` (per channel)."""
+    return in_features if group_size == -1 else group_size
+
+
 def normalize_dtype(name: str, *, allowed: tuple[str, ...], flag: str) -> str:
     """Map user spellings (fp16, bf16, float32, ...) to canonical torch dtype names."""
     canonical = DTYPE_ALIASES.get(str(name).lower())
@@ -71,7 +76,7 @@ class QuantScheme:
 
     def group_size_for(self, in_features: int) -> int:
         """The effective group length for a layer with ``in_features`` inputs."""
-        return in_features if self.group_size == -1 else self.group_size
+        return group_length(in_features, self.group_size)
 
     def fits(self, in_features: int) -> bool:
         return in_features % self.group_size_for(in_features) == 0
@@ -257,7 +262,6 @@ class QuantJob:
     quant_nontext_module: bool = False
     trust_remote_code: bool = False
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    version: int = 1
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -297,92 +301,3 @@ def split_list(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ..
         return ()
     parts = value.split(",") if isinstance(value, str) else value
     return tuple(part.strip() for part in parts if part.strip())
-
-
-def job_from_flags(
-    *,
-    model: str,
-    scheme: str = "W4A16",
-    bits: int | None = None,
-    group_size: int | None = None,
-    asym: bool = False,
-    data_type: str | None = None,
-    iters: int = 200,
-    lr: float | None = None,
-    minmax_lr: float | None = None,
-    nsamples: int = 128,
-    seqlen: int = 2048,
-    batch_size: int = 8,
-    gradient_accumulate_steps: int = 1,
-    seed: int = 42,
-    disable_minmax_tuning: bool = False,
-    disable_clip_search: bool = False,
-    not_use_best_mse: bool = False,
-    disable_quanted_input: bool = False,
-    disable_amp: bool = False,
-    scale_dtype: str = "fp16",
-    torch_compile: bool | None = None,
-    model_dtype: str = "auto",
-    fp_layers: str | tuple[str, ...] = (),
-    to_quant_block_names: str | tuple[str, ...] = (),
-    quant_nontext_module: bool = False,
-    dataset: str | None = None,
-    template: str | None = None,
-    extra_data_dir: str | None = None,
-    max_missing_images: float = 0.1,
-    device: str = "auto",
-    output_dir: str = "./tmp_autoround",
-    format: str | tuple[str, ...] = "auto_round",
-    max_shard_size: str = "5GB",
-    force: bool = False,
-    trust_remote_code: bool = False,
-    disable_streaming: bool = False,
-    low_gpu_mem_usage: bool = False,
-    cache_dir: str | None = None,
-    device_map: str | None = None,
-) -> QuantJob:
-    """The job for the CLI's flags (same names, same defaults); the Python API maps onto it too."""
-    return QuantJob(
-        model=model,
-        scheme=resolve_scheme(
-            scheme, bits=bits, group_size=group_size, sym=False if asym else None, data_type=data_type
-        ),
-        tuning=TuningConfig(
-            iters=iters,
-            lr=lr,
-            minmax_lr=minmax_lr,
-            nsamples=nsamples,
-            seqlen=seqlen,
-            batch_size=batch_size,
-            gradient_accumulate_steps=gradient_accumulate_steps,
-            seed=seed,
-            enable_minmax_tuning=not disable_minmax_tuning,
-            clip_search=not disable_clip_search,
-            use_best_mse=not not_use_best_mse,
-            enable_quanted_input=not disable_quanted_input,
-            amp=not disable_amp,
-            scale_dtype=scale_dtype,
-            torch_compile=torch_compile,
-        ),
-        data=DataConfig(
-            dataset=dataset,
-            template=template,
-            extra_data_dir=extra_data_dir,
-            max_missing_images=max_missing_images,
-        ),
-        export=ExportConfig(
-            formats=split_list(format), output_dir=output_dir, force=force, max_shard_size=max_shard_size
-        ),
-        device=device,
-        model_dtype=model_dtype,
-        fp_layers=split_list(fp_layers),
-        to_quant_block_names=split_list(to_quant_block_names),
-        quant_nontext_module=quant_nontext_module,
-        trust_remote_code=trust_remote_code,
-        memory=MemoryConfig(
-            streaming=not disable_streaming,
-            low_gpu_mem_usage=low_gpu_mem_usage,
-            cache_dir=cache_dir,
-            device_map=device_map,
-        ),
-    )

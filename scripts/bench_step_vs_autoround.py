@@ -37,7 +37,7 @@ def consecutive_gaps(stamps: list[tuple[int, float]]) -> list[float]:
 
 def ours(args) -> dict[str, float]:
     from auto_round_mllm.api import quantize
-    from auto_round_mllm.config import job_from_flags
+    from auto_round_mllm.flags import job_from_flags
     from auto_round_mllm.pipeline.blockwise import BlockReport, ProgressSink
 
     class Stamps(ProgressSink):

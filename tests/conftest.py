@@ -156,6 +156,7 @@ def quantize_tiny(model_dir: Path, out_dir: Path, *, scheme=None, iters: int = 2
     """
     from auto_round_mllm import api
     from auto_round_mllm.config import ExportConfig, QuantJob, QuantScheme, TuningConfig
+    from auto_round_mllm.export.outputs import format_dirs
     from auto_round_mllm.models.loading import load_model
 
     settings = {"iters": iters, "nsamples": 4, "seqlen": 32, "batch_size": 2, **tuning}
@@ -168,6 +169,21 @@ def quantize_tiny(model_dir: Path, out_dir: Path, *, scheme=None, iters: int = 2
     )
     loaded = load_model(job.model)
     tuned = api.tune(job, loaded)
-    dirs = api.format_dirs(out_dir / "ckpt", job.export.formats)
-    api.write_formats(tuned, job, dirs, {"test": True})
+    dirs = format_dirs(out_dir / "ckpt", job.export.formats)
+    api.write_formats(tuned, job, dirs, lambda facts: {"test": True})
     return tuned, dirs["auto_round"]
+
+
+def fake_quant_fp32(tuned):
+    """The tuned model in fp32 with every quantized Linear holding its exact dequantized weight:
+    the reference an exported checkpoint must reproduce."""
+    import torch
+    from torch import nn
+
+    model = tuned.loaded.model
+    nn.Module.float(model)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, qw in tuned.qweights.items():
+            modules[name].weight.copy_(qw.dequantize(torch.float32))
+    return model

@@ -1,5 +1,5 @@
-"""The package's layering rule, read from the source with ``ast``: no import cycles, and no module
-imports a higher layer (docs/architecture.md draws the same picture).
+"""The house rules docs/architecture.md states, read from the source with ``ast``: no import
+cycles, no module imports a higher layer, and the orchestration reads in short functions.
 
 Every import counts: module level, inside functions (lazy imports) and under ``TYPE_CHECKING``,
 because a lazy import is still a dependency a reader has to climb.
@@ -140,3 +140,22 @@ def test_the_checker_sees_cycles_and_upward_imports():
     )
     assert "auto_round_mllm.utils.tensor_files" in streaming
     assert group_of("auto_round_mllm.export.writer") == (5, "export")
+
+
+ORCHESTRATION = ("pipeline", "api", "preflight", "report", "cli")
+"""Where a reader follows a run step by step: no function there may be longer than a screen."""
+MAX_FUNCTION_LINES = 80
+
+
+def test_orchestration_functions_fit_on_a_screen():
+    long = []
+    for name, path in all_modules().items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[1] not in ORCHESTRATION:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert long == []

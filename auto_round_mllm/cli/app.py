@@ -7,6 +7,7 @@ batch scripts run unchanged. User mistakes print one line and exit 2; ``--debug`
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -49,236 +50,47 @@ def names(*flags: str) -> list[str]:
     return out
 
 
-@app.callback(invoke_without_command=True)
-def quantize_command(
-    ctx: typer.Context,
-    model: str = typer.Option(
-        None,
-        *names("--model", "--model_name", "--model_name_or_path"),
-        help="Local folder, local:PATH, or hub id (read from the HF cache when offline).",
-    ),
-    scheme: str = typer.Option(
-        "W4A16",
-        *names("--scheme"),
-        help="Preset: W4A16, W2A16, W2A16G64, W2A16G32, W3A16, W8A16; --bits/--group_size/--asym override it.",
-    ),
-    bits: int = typer.Option(
-        None, *names("--bits"), help="Weight bits: 2, 3, 4 or 8 (default from --scheme: 4)."
-    ),
-    group_size: int = typer.Option(
-        None,
-        *names("--group_size"),
-        help="Input channels per scale: -1 (per channel), 32, 64, 128 or any divisor of in_features (default from --scheme: 128).",
-    ),
-    asym: bool = typer.Option(
-        False,
-        *names("--asym"),
-        help="Asymmetric weights (a zero point per group); default is auto-round's full-range symmetric.",
-    ),
-    data_type: str = typer.Option(
-        None, *names("--data_type", "--dtype"), help="Weight data type; only 'int' for now."
-    ),
-    iters: int = typer.Option(
-        200,
-        *names("--iters", "--iter"),
-        help="SignRound steps per block; 0 = round-to-nearest (no calibration data needed).",
-    ),
-    lr: float = typer.Option(
-        None, *names("--lr"), help="Rounding learning rate (default 1/iters), decayed linearly to 0."
-    ),
-    minmax_lr: float = typer.Option(
-        None, *names("--minmax_lr"), help="Clipping-scale learning rate (default: --lr)."
-    ),
-    nsamples: int = typer.Option(128, *names("--nsamples", "--nsample"), help="Calibration samples."),
-    seqlen: int = typer.Option(2048, *names("--seqlen", "--seq_len"), help="Tokens per calibration sample."),
-    batch_size: int = typer.Option(
-        8, *names("--batch_size", "--train_bs", "--bs"), help="Samples per tuning step."
-    ),
-    gradient_accumulate_steps: int = typer.Option(
-        1, *names("--gradient_accumulate_steps"), help="Micro-batches per tuning step."
-    ),
-    seed: int = typer.Option(42, *names("--seed"), help="Seed for sample order and batches."),
-    disable_minmax_tuning: bool = typer.Option(
-        False, *names("--disable_minmax_tuning"), help="Keep clipping scales at 1 (tune rounding only)."
-    ),
-    disable_clip_search: bool = typer.Option(
-        False,
-        *names("--disable_clip_search"),
-        help="Start every group's clipping at 1, as auto-round does, instead of at the ratio with "
-        "the least activation-weighted round-to-nearest error.",
-    ),
-    not_use_best_mse: bool = typer.Option(
-        False,
-        *names("--not_use_best_mse"),
-        help="Keep the last step's parameters instead of the best step's.",
-    ),
-    disable_quanted_input: bool = typer.Option(
-        False,
-        *names("--disable_quanted_input"),
-        help="Feed each block full-precision inputs instead of the quantized blocks' outputs.",
-    ),
-    disable_amp: bool = typer.Option(
-        False,
-        *names("--disable_amp"),
-        help="No autocast: tune in the model dtype (fp32 on CPUs without bf16).",
-    ),
-    scale_dtype: str = typer.Option(
-        "fp16", *names("--scale_dtype"), help="Scale precision during tuning: fp16 (default), bf16, fp32."
-    ),
-    enable_torch_compile: bool = typer.Option(
-        False,
-        *names("--enable_torch_compile"),
-        help="Compile the fused quantizer even where it is off by default (devices other than CPU "
-        "and CUDA, or under 10 iters).",
-    ),
-    disable_torch_compile: bool = typer.Option(
-        False,
-        *names("--disable_torch_compile"),
-        help="Never compile the quantizer (on by default on CPU and CUDA from 10 iters; a failed "
-        "compilation already falls back with a warning).",
-    ),
-    model_dtype: str = typer.Option(
-        "auto",
-        *names("--model_dtype"),
-        help="Dtype to tune and write the model in: auto (the checkpoint's; an fp32 checkpoint goes "
-        "to bf16 where AMP computes in bf16, as in auto-round), fp16, bf16, fp32.",
-    ),
-    fp_layers: str = typer.Option(
-        "",
-        *names("--fp_layers", "--ignore_layers"),
-        help="Comma list of layer-name substrings (or re:REGEX) kept in 16 bit.",
-    ),
-    to_quant_block_names: str = typer.Option(
-        "",
-        *names("--to_quant_block_names"),
-        help="Comma list of regexes selecting blocks to tune (default: all text decoder blocks).",
-    ),
-    quant_nontext_module: bool = typer.Option(
-        False,
-        *names("--quant_nontext_module"),
-        help="Also quantize the vision tower's blocks (batch 1 with gradient accumulation); the text "
-        "blocks then calibrate on the quantized vision tower's output.",
-    ),
-    dataset: str = typer.Option(
-        None,
-        *names("--dataset"),
-        help="Calibration data: NeelNanda/pile-10k (from the datasets cache), liuhaotian/llava_conv_58k, "
-        "llava_instruct_80k, llava_instruct_150k (local copies), embedded, embedded-text, embedded-images, "
-        "a local .txt/.jsonl/.json/.parquet file or image folder, or a comma list with counts "
-        "(name:count,...). Default: the template's dataset when it can be read offline, else embedded.",
-    ),
-    template: str = typer.Option(
-        None,
-        *names("--template"),
-        help="Chat template: a name (auto-round-mllm list templates) or a JSON file; default: by model type.",
-    ),
-    extra_data_dir: str = typer.Option(
-        None,
-        *names("--extra_data_dir"),
-        help="Folder with the images (and LLaVA JSON) of image-text datasets, or image=DIR,video=DIR,audio=DIR.",
-    ),
-    max_missing_images: float = typer.Option(
-        0.1,
-        *names("--max_missing_images"),
-        help="Fraction of image references that may be missing before the run fails; missing ones are reported.",
-    ),
-    device: str = typer.Option(
-        "auto",
-        *names("--device", "--devices"),
-        help="auto, cpu, cuda, cuda:N, xpu, hpu (or N for the N-th accelerator).",
-    ),
-    output_dir: str = typer.Option(
-        "./tmp_autoround",
-        *names("--output_dir"),
-        help="Parent folder; the checkpoint goes to OUTPUT_DIR/<model>-w{bits}g{group_size}.",
-    ),
-    format: str = typer.Option(
-        "auto_round",
-        *names("--format", "--formats"),
-        help="Export format(s), comma separated (one sub-folder each): auto_round (default), "
-        "auto_round:auto_gptq, auto_round:auto_awq, auto_gptq, auto_awq, fake.",
-    ),
-    max_shard_size: str = typer.Option("5GB", *names("--max_shard_size"), help="Largest safetensors shard."),
-    force: bool = typer.Option(False, *names("--force"), help="Replace an existing output folder."),
-    trust_remote_code: bool = typer.Option(
-        False,
-        *names("--trust_remote_code"),
-        help="Allow models that ship their own Python code (off by default).",
-    ),
-    disable_trust_remote_code: bool = typer.Option(
-        False,
-        *names("--disable_trust_remote_code"),
-        help="Accepted for auto-round scripts; remote code is off unless --trust_remote_code.",
-    ),
-    resume: bool = typer.Option(
-        False,
-        *names("--resume"),
-        help="Continue an unfinished run of this job in the output folder, and refuse if the job "
-        "differs. A matching unfinished run is resumed even without it.",
-    ),
-    disable_streaming: bool = typer.Option(
-        False,
-        *names("--disable_streaming"),
-        help="Load the whole model into memory instead of reading each decoder block from the "
-        "safetensors shards when it is reached (the output is the same).",
-    ),
-    low_gpu_mem_usage: bool = typer.Option(
-        False,
-        *names("--low_gpu_mem_usage"),
-        help="Keep activation caches in host memory and move each micro-batch to the device when used.",
-    ),
-    cache_dir: str = typer.Option(
-        None,
-        *names("--cache_dir"),
-        help="Spill activation caches to memory-mapped files in this folder (very large calibration "
-        "sets; implies --low_gpu_mem_usage).",
-    ),
-    device_map: str = typer.Option(
-        None,
-        *names("--device_map"),
-        help="Spread each block's layers over several devices: auto (every visible GPU) or a comma "
-        "list such as 0,1,2 or cuda:0,cuda:1.",
-    ),
-    json_output: bool = typer.Option(
-        False, *names("--json"), help="Print the summary as JSON on stdout (logs stay on stderr)."
-    ),
-    run_eval: bool = typer.Option(
-        False,
-        *names("--eval"),
-        help="After quantizing, run `auto-round-mllm eval` on the output against the model.",
-    ),
-    debug: bool = typer.Option(False, *names("--debug"), help="Verbose logs and full tracebacks."),
-) -> None:
+def quantize_command(ctx: typer.Context, **values: Any) -> None:
+    """Quantize a model (the flags are listed below)."""
     if ctx.invoked_subcommand is not None:
         return
-    if model is None:
+    if values["model"] is None:
         raise UserError("no model given", fix="pass --model PATH_OR_HUB_ID (see auto-round-mllm --help)")
-    setup_logging(debug=debug)
-    from auto_round_mllm.config import job_from_flags
+    setup_logging(debug=values["debug"])
+    from auto_round_mllm.flags import RUN_OPTIONS, job_from_flags
 
-    flags = dict(ctx.params)
-    for key in ("json_output", "debug", "disable_trust_remote_code", "run_eval", "resume"):
-        flags.pop(key)
-    if trust_remote_code and disable_trust_remote_code:
-        raise UserError(
-            "--trust_remote_code and --disable_trust_remote_code contradict each other",
-            fix="pass only one (remote code is off unless --trust_remote_code)",
-        )
-    if enable_torch_compile and disable_torch_compile:
-        raise UserError(
-            "--enable_torch_compile and --disable_torch_compile contradict each other",
-            fix="pass only one (or neither: compiled on CPU and CUDA from 10 iters)",
-        )
-    flags.pop("enable_torch_compile")
-    flags.pop("disable_torch_compile")
-    flags["torch_compile"] = True if enable_torch_compile else False if disable_torch_compile else None
-    job = job_from_flags(**flags)
-    if resume and job.export.force:
+    run = {name: values.pop(name) for name in RUN_OPTIONS}
+    job = job_from_flags(**values)
+    if run["resume"] and job.export.force:
         raise UserError(
             "--resume and --force contradict each other (--force discards an unfinished run)",
             fix="pass --resume to continue it, or --force to start again",
         )
-    run_job(job, json_output=json_output, run_eval=run_eval, resume=resume)
+    run_job(job, json_output=run["json"], run_eval=run["eval"], resume=run["resume"])
+
+
+def flag_parameters() -> list[inspect.Parameter]:
+    """The command's parameters, one per row of the flag table (auto_round_mllm/flags.py)."""
+    from auto_round_mllm.flags import FLAGS
+
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+    for flag in FLAGS:
+        option = typer.Option(flag.default, *names(*(f"--{s}" for s in flag.spellings)), help=flag.help)
+        params.append(
+            inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=flag.kind)
+        )
+    return params
+
+
+def _register_quantize_command() -> None:
+    """Typer reads a command's options from its signature; this one's comes from the flag table."""
+    params = flag_parameters()
+    quantize_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    quantize_command.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    app.callback(invoke_without_command=True)(quantize_command)
+
+
+_register_quantize_command()
 
 
 def run_job(job: Any, *, json_output: bool, run_eval: bool = False, resume: bool = False) -> None:

@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from auto_round_mllm.api import QuantResult
 from auto_round_mllm.pipeline.blockwise import BlockReport, ProgressSink
+from auto_round_mllm.report import QuantResult
 
 
 def fmt_loss(value: float | None) -> str:

@@ -13,7 +13,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -154,7 +153,3 @@ def evaluate(
         report.generation["baseline"] = generate(reference, GENERATION_PROMPT, max_new_tokens)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def write_report(report: EvalReport, path: Path) -> None:
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -7,7 +7,7 @@ weight is loaded (:meth:`Exporter.check`), say which layers it cannot store befo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,7 +38,6 @@ class ExportInput:
     image_processor: Any = None
     streamed: StreamedWeights | None = None
     """Blocks whose tensors are on disk (meta in ``model``): read one at a time while writing."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Exporter(Protocol):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from auto_round_mllm.config import QuantScheme
+from auto_round_mllm.errors import UserError
 from auto_round_mllm.models.family import matches_any
 
 LayerCheck = Callable[[nn.Linear, QuantScheme], "str | None"]
@@ -77,3 +78,23 @@ def scheme_lookup(
         return decision.scheme if decision else None
 
     return scheme_for
+
+
+def check_something_quantizes(decisions: dict[str, LayerDecision], scheme: QuantScheme) -> None:
+    """A run that would quantize no layer is a mistake in the flags, not a success to report."""
+    if any(d.quantized for d in decisions.values()):
+        return
+    if not decisions:
+        raise UserError("the chosen blocks hold no Linear layer", fix="check --to_quant_block_names")
+    first = next(iter(decisions.values()))
+    if "group_size" in (first.reason or ""):
+        widths = sorted({d.in_features for d in decisions.values()})
+        raise UserError(
+            f"group_size={scheme.group_size} fits no layer: no in_features "
+            f"({', '.join(map(str, widths[:6]))}) is a multiple of it",
+            fix="use a group_size that divides them (32, 64 or 128 usually do), or -1 for per-channel",
+        )
+    raise UserError(
+        f"no layer of the chosen blocks can be quantized (first: {first.name}: {first.reason})",
+        fix="check --fp_layers, --format and the scheme",
+    )

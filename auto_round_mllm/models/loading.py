@@ -22,7 +22,8 @@ from auto_round_mllm.errors import ModelNotFound, UserError
 from auto_round_mllm.models.architecture import check_loading_info, model_class_for
 from auto_round_mllm.models.family import ModelFamily, family_for_model_type
 from auto_round_mllm.models.streaming import NotStreamable, StreamedWeights, load_streaming
-from auto_round_mllm.utils.device import DTYPES, torch_dtype
+from auto_round_mllm.utils.device import torch_dtype
+from auto_round_mllm.utils.dtype_policy import checkpoint_dtype
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +87,6 @@ def resolve_model_dir(spec: str) -> Path:
             f"could not download {raw} from the hub ({type(exc).__name__})",
             fix="check the model id and your access rights, or pass a local folder",
         ) from exc
-
-
-def checkpoint_dtype(config: dict[str, Any]) -> torch.dtype | None:
-    """The dtype config.json names (``dtype``, or ``torch_dtype`` before transformers 5), at the
-    top or in the text config of a vision-language model; None when it names none."""
-    for section in (config, config.get("text_config") or {}):
-        name = section.get("dtype") or section.get("torch_dtype")
-        if isinstance(name, str) and name in DTYPES:
-            return DTYPES[name]
-    return None
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -175,15 +166,17 @@ def load_model(
     model_dtype: str = "auto",
     trust_remote_code: bool = False,
     stream_blocks: list[str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load model, tokenizer and processor offline-first, on the CPU; the pipeline places blocks.
 
     With ``stream_blocks``, those blocks stay on the meta device and are read from the shards when
-    the pipeline reaches them, if the checkpoint allows it (else the model loads whole)."""
+    the pipeline reaches them, if the checkpoint allows it (else the model loads whole). ``config``
+    is config.json as :func:`read_config` returned it, when the caller has read it already."""
     from auto_round_mllm.models.processor_loading import load_processor
 
     model_dir = resolve_model_dir(spec)
-    config = read_config(model_dir)
+    config = config if config is not None else read_config(model_dir)
     family = family_for_model_type(config.get("model_type", ""))
     check_weight_files(model_dir)
     streamed = None
@@ -243,3 +236,23 @@ def _load_whole(
         ) from exc
     check_loading_info(model_dir, info)
     return model
+
+
+def loaded_from_objects(model: Any, tokenizer: Any, processor: Any, image_processor: Any) -> LoadedModel:
+    """A model the caller loaded, with its tokenizer (from the processor when not given)."""
+    if tokenizer is None:
+        tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        raise UserError(
+            "AutoRoundMLLM needs a tokenizer with a loaded model",
+            fix="pass tokenizer= (or a processor that has one)",
+        )
+    source = Path(getattr(model, "name_or_path", "") or ".")
+    return LoadedModel(
+        model=model,
+        family=family_for_model_type(model.config.model_type),
+        source_dir=source if (source / "config.json").is_file() else None,
+        tokenizer=tokenizer,
+        processor=processor,
+        image_processor=image_processor or getattr(processor, "image_processor", None),
+    )

@@ -25,7 +25,7 @@ from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.pipeline.placement import BlockPlacement
 from auto_round_mllm.pipeline.resume import ResumeState, StoredQuantizedWeight
 from auto_round_mllm.quant.kernel import QdqKernel, compile_by_default
-from auto_round_mllm.quant.tunable import QuantizedWeight, unwrap_linears, wrap_linears
+from auto_round_mllm.quant.tunable import QuantizedWeight, TunableLinear, unwrap_linears, wrap_linears
 from auto_round_mllm.tuning.base import InputRecorder, TuneContext, Tuner
 from auto_round_mllm.tuning.block_inputs import BlockInputs, run_block
 from auto_round_mllm.utils import device as devices
@@ -183,129 +183,212 @@ def quantize_blocks(
     """
     if weights is not None and resume is None:
         raise ValueError("streaming keeps finished blocks in the progress folder: pass resume")
-    progress = progress or ProgressSink()
-    cache = cache or CachePlacement(device)
-    modules = dict(model.named_modules())
-    order = blocks_in_forward_order(group, len(modules[group]), block_names)
-    chosen = set(block_names)
-    result = BlockwiseResult()
-    kernel = quantizer_kernel(config, device, tuner)
-
-    def run_all(
-        block: nn.Module, inputs: BlockInputs, recorder: InputRecorder | None = None
-    ) -> list[torch.Tensor]:
-        return forward_all(block, inputs, device, precision, config.batch_size, cache, recorder)
-
-    finished = resume.finished(group) if resume else []
-    for entry in finished:
-        name = entry["block"]
-        stored = resume.stored_qweights(name)  # type: ignore[union-attr]
-        if weights is None or not weights.is_streamed(name):  # a streamed block is read back at export
-            restore_weights(modules[name], name, stored)
-        result.qweights.update(stored)
-        result.blocks.append(BlockReport(**entry["report"]))
-        progress.block_done(result.blocks[-1])
-    if finished and len(finished) == len(chosen):
-        return result
-
+    loop = BlockLoop(
+        model=model,
+        group=group,
+        chosen=set(block_names),
+        decisions=decisions,
+        tuner=tuner,
+        config=config,
+        device=device,
+        precision=precision,
+        progress=progress or ProgressSink(),
+        cache=cache or CachePlacement(device),
+        placement=placement,
+        resume=resume,
+        weights=weights,
+        kernel=quantizer_kernel(config, device, tuner),
+    )
+    order = blocks_in_forward_order(group, len(model.get_submodule(group)), block_names)
+    finished = loop.restore_finished()
+    if finished and len(finished) == len(loop.chosen):
+        return loop.result
     if tuner.needs_data and streams is None:
+        streams = loop.capture(order[0], samples, only_samples_reaching)
+    if finished:
+        streams = loop.saved_streams(finished[-1], streams)
+        order = order[order.index(finished[-1]) + 1 :]
+    for block_name in order:
+        streams = loop.advance(block_name, streams)
+    return loop.result
+
+
+@dataclass
+class BlockLoop:
+    """One block list's pass, step by step: restore what a killed run finished, capture the first
+    block's inputs, then for each block onload it, tune it (or only run it, for a block between
+    chosen ones), advance the streams and put the block away."""
+
+    model: nn.Module
+    group: str
+    chosen: set[str]
+    decisions: dict[str, LayerDecision]
+    tuner: Tuner
+    config: TuningConfig
+    device: torch.device
+    precision: Precision
+    progress: ProgressSink
+    cache: CachePlacement
+    placement: BlockPlacement | None
+    resume: ResumeState | None
+    weights: StreamedWeights | None
+    kernel: QdqKernel
+    result: BlockwiseResult = field(default_factory=BlockwiseResult)
+
+    def run_all(self, block: nn.Module, inputs: BlockInputs, recorder: InputRecorder | None = None):
+        return forward_all(
+            block, inputs, self.device, self.precision, self.config.batch_size, self.cache, recorder
+        )
+
+    def restore_finished(self) -> list[str]:
+        """Blocks an earlier run of this job finished: their stored weights back in the model
+        (a streamed block is read back at export) and their reports. Returns their names."""
+        finished = self.resume.finished(self.group) if self.resume else []
+        for entry in finished:
+            name = entry["block"]
+            stored = self.resume.stored_qweights(name)  # type: ignore[union-attr]
+            if self.weights is None or not self.weights.is_streamed(name):
+                restore_weights(self.model.get_submodule(name), name, stored)
+            self.result.qweights.update(stored)
+            self.result.blocks.append(BlockReport(**entry["report"]))
+            self.progress.block_done(self.result.blocks[-1])
+        return [entry["block"] for entry in finished]
+
+    def capture(self, first: str, samples: list | None, only_samples_reaching: bool) -> Streams:
+        """The first block's inputs, one stream for both (nothing is quantized yet)."""
         if not samples:
             raise ValueError("the tuner needs calibration samples")
-        place_outside_blocks(model, [group], device)
+        place_outside_blocks(self.model, [self.group], self.device)
         captured = capture_block_inputs(
-            model,
-            modules[order[0]],
+            self.model,
+            self.model.get_submodule(first),
             samples,
-            device=device,
-            cache=cache,
+            device=self.device,
+            cache=self.cache,
             skip_unreached=only_samples_reaching,
         )
-        streams = Streams(captured, captured)
+        return Streams(captured, captured)
 
-    if finished and resume is not None:
-        last = finished[-1]["block"]
-        if streams is not None:
-            saved = resume.load_streams(last)
-            if saved is None:
-                raise RuntimeError(f"the resume folder has no activations after {last}")
-            streams = restored_streams(streams, saved, cache)
-        order = order[order.index(last) + 1 :]
+    def saved_streams(self, last: str, streams: Streams | None) -> Streams | None:
+        """The streams after ``last``, as the killed run committed them."""
+        if streams is None or self.resume is None:
+            return streams
+        saved = self.resume.load_streams(last)
+        if saved is None:
+            raise RuntimeError(f"the resume folder has no activations after {last}")
+        return restored_streams(streams, saved, self.cache)
 
-    for block_name in order:
-        block = modules[block_name]
-        started = time.perf_counter()
-        devices.reset_peak_memory(device)
-        if weights is not None:
-            weights.materialize(model, block_name)
-        if placement is not None:
-            placement.attach(block)  # its children spread over the devices; I/O on the first
+    def onload(self, block_name: str) -> nn.Module:
+        """The block on the compute device (or spread over ``--device_map``), weights read from
+        disk first when it streams."""
+        block = self.model.get_submodule(block_name)
+        if self.weights is not None:
+            self.weights.materialize(self.model, block_name)
+        if self.placement is not None:
+            self.placement.attach(block)  # its children spread over the devices; I/O on the first
         else:
-            block.to(device)
+            block.to(self.device)
         block.requires_grad_(False)
-        targets = run_all(block, streams.full) if streams else None
-        if block_name not in chosen:
+        return block
+
+    def advance(self, block_name: str, streams: Streams | None) -> Streams | None:
+        """Run one block: tune it if chosen, and return the streams entering the next block."""
+        started = time.perf_counter()
+        devices.reset_peak_memory(self.device)
+        block = self.onload(block_name)
+        targets = self.run_all(block, streams.full) if streams else None
+        if block_name not in self.chosen:
             if streams is not None and targets is not None:
                 same = streams.quantized is streams.full
-                streams = streams.advance(targets, targets if same else run_all(block, streams.quantized))
-            put_away(model, block_name, weights)
-            continue
+                streams = streams.advance(
+                    targets, targets if same else self.run_all(block, streams.quantized)
+                )
+            put_away(self.model, block_name, self.weights)
+            return streams
+        report, qweights, streams = self.tune_one(block_name, block, streams, targets)
+        devices.synchronize(self.device)
+        report.seconds = time.perf_counter() - started
+        report.peak_device_gb = devices.peak_memory_gb(self.device)
+        put_away(self.model, block_name, self.weights)
+        devices.empty_cache(self.device)
+        self.record(block_name, report, qweights, streams)
+        return streams
 
+    def tune_one(
+        self, block_name: str, block: nn.Module, streams: Streams | None, targets: list[torch.Tensor] | None
+    ) -> tuple[BlockReport, dict[str, QuantizedWeight], Streams | None]:
+        """Wrap the block's Linears, measure round-to-nearest, tune, unwrap with the quantized
+        weights written back, and measure the tuned block on the calibration set."""
+        config = self.config
         wrapped = wrap_linears(
             block,
-            scheme_lookup(decisions, block_name),
+            scheme_lookup(self.decisions, block_name),
             enable_minmax_tuning=config.enable_minmax_tuning,
             scale_dtype=devices.torch_dtype(config.scale_dtype),
-            kernel=kernel,
+            kernel=self.kernel,
         )
         report = BlockReport(
             name=block_name,
             quantized_layers=len(wrapped),
-            total_layers=sum(1 for d in decisions.values() if d.block == block_name),
+            total_layers=sum(1 for d in self.decisions.values() if d.block == block_name),
         )
         ctx = None
         if streams is not None and targets is not None:
-            tune_inputs = streams.quantized if config.enable_quanted_input else streams.full
-            ctx = TuneContext(
-                inputs=tune_inputs,
-                targets=targets,
-                device=device,
-                precision=precision,
-                seed=config.seed + len(result.blocks),
-                on_step=progress.step,
-            )
+            ctx = self.context(streams, targets)
             if wrapped:
-                # one pass gives the RTN MSE and whatever the tuner records (the clipping search's
-                # statistics), instead of a pass each
-                recorder = tuner.input_recorder(wrapped)
-                with recorder or contextlib.nullcontext():
-                    rtn_out = run_all(block, tune_inputs, recorder)
-                report.rtn_loss = mse(rtn_out, targets, tune_inputs)
-                del rtn_out
-                ctx.input_stats = recorder.result() if recorder is not None else None
+                self.measure_rtn(block, wrapped, ctx, report)
         if wrapped:
-            outcome = tuner.tune_block(block, wrapped, ctx)
+            outcome = self.tuner.tune_block(block, wrapped, ctx)
             report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss
             report.best_iter = outcome.best_iter
         qweights = {rel: qw.to("cpu") for rel, qw in unwrap_linears(block, wrapped, write_back=True).items()}
         if ctx is not None and streams is not None and targets is not None:
-            quantized_out = run_all(block, ctx.inputs)
+            quantized_out = self.run_all(block, ctx.inputs)
             report.final_loss = mse(quantized_out, targets, ctx.inputs)
             streams = streams.advance(targets, quantized_out if config.enable_quanted_input else targets)
+        return report, qweights, streams
 
-        devices.synchronize(device)
-        report.seconds = time.perf_counter() - started
-        report.peak_device_gb = devices.peak_memory_gb(device)
-        put_away(model, block_name, weights)
-        devices.empty_cache(device)
-        if resume is not None:  # export reads the committed copy, layer by layer
-            resume.commit(block_name, qweights, dataclasses.asdict(report), stream_state(streams))
-            result.qweights.update(resume.stored_qweights(block_name))
+    def context(self, streams: Streams, targets: list[torch.Tensor]) -> TuneContext:
+        """What the tuner reads: the quantized stream (or the full one with
+        ``--disable_quanted_input``) and the fp targets; each block gets its own seed."""
+        return TuneContext(
+            inputs=streams.quantized if self.config.enable_quanted_input else streams.full,
+            targets=targets,
+            device=self.device,
+            precision=self.precision,
+            seed=self.config.seed + len(self.result.blocks),
+            on_step=self.progress.step,
+        )
+
+    def measure_rtn(
+        self, block: nn.Module, wrapped: dict[str, TunableLinear], ctx: TuneContext, report: BlockReport
+    ) -> None:
+        """One pass gives the RTN MSE and whatever the tuner records (the clipping search's
+        statistics), instead of a pass each."""
+        recorder = self.tuner.input_recorder(wrapped)
+        with recorder or contextlib.nullcontext():
+            rtn_out = self.run_all(block, ctx.inputs, recorder)
+        report.rtn_loss = mse(rtn_out, ctx.targets, ctx.inputs)
+        del rtn_out
+        ctx.input_stats = recorder.result() if recorder is not None else None
+
+    def record(
+        self,
+        block_name: str,
+        report: BlockReport,
+        qweights: dict[str, QuantizedWeight],
+        streams: Streams | None,
+    ) -> None:
+        """Keep the block's result; with a resume folder, commit it there first (the export then
+        reads the committed copy, layer by layer)."""
+        if self.resume is not None:
+            self.resume.commit(block_name, qweights, dataclasses.asdict(report), stream_state(streams))
+            self.result.qweights.update(self.resume.stored_qweights(block_name))
         else:
-            result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
-        result.blocks.append(report)
+            self.result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
+        self.result.blocks.append(report)
         log.debug("block %s: %s", block_name, report)
-        progress.block_done(report)
-    return result
+        self.progress.block_done(report)
 
 
 def quantizer_kernel(config: TuningConfig, device: torch.device, tuner: Tuner) -> QdqKernel:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from auto_round_mllm.config import QuantJob
 from auto_round_mllm.errors import UserError
 from auto_round_mllm.quant.tunable import QuantizedWeight
 
@@ -48,6 +49,21 @@ def _streams_file(block: str) -> str:
 
 def resume_dir_for(output: Path) -> Path:
     return output.with_name(f".{output.name}.resume")
+
+
+def open_progress(job: QuantJob, model_dir: Path, output: Path, *, resume: bool) -> ResumeState:
+    """The progress folder of ``output``, the job's checkpoint folder. Output-only settings
+    (--force, shard size) may change between the killed run and its resumption; everything that
+    shapes the tuning may not. How the run fits in memory may change too: a run killed while
+    streaming may resume without, and the other way."""
+    identity = job.to_dict()
+    identity["export"] = {k: v for k, v in identity["export"].items() if k not in ("force", "max_shard_size")}
+    identity.pop("memory")
+    fingerprint = {"job": identity, "model": model_fingerprint(model_dir)}
+    folder = resume_dir_for(output)
+    if resume and not (folder / JOB).is_file():
+        log.info("--resume: no unfinished run in %s; starting one", folder)
+    return ResumeState.open(folder, fingerprint, resume=resume, force=job.export.force)
 
 
 def model_fingerprint(model_dir: Path) -> dict[str, Any]:

@@ -50,9 +50,7 @@ def qdq(
 ) -> Tensor:
     """The fake-quantized weight ``[out, in]`` in ``dtype``, differentiable w.r.t. ``v`` and the
     clipping multipliers (the eager reference; :class:`QdqKernel` compiles exactly this)."""
-    scale, zp = qparams_from_range(
-        wmin, wmax, bits, sym, min_scale.clamp(0, 1), max_scale.clamp(0, 1), scale_dtype=scale_dtype
-    )
+    scale, zp = qparams_from_range(wmin, wmax, bits, sym, min_scale, max_scale, scale_dtype=scale_dtype)
     return from_groups(fake_quant(groups, scale, zp, bits, v), out_features).to(dtype)
 
 

@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from auto_round_mllm.config import group_length
+
 
 def round_ste(x: Tensor) -> Tensor:
     """Round in the forward pass, identity in the backward pass (straight-through estimator).
@@ -28,11 +30,6 @@ def round_ste(x: Tensor) -> Tensor:
     return (x.round() - x).detach() + x
 
 
-def effective_group_size(in_features: int, group_size: int) -> int:
-    """``-1`` means one group spanning the whole input dimension (per-channel quantization)."""
-    return in_features if group_size == -1 else group_size
-
-
 def to_groups(weight: Tensor, group_size: int) -> Tensor:
     """View ``[out, in]`` as ``[out * G, gs]`` so every quantization group is one row.
 
@@ -41,7 +38,7 @@ def to_groups(weight: Tensor, group_size: int) -> Tensor:
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D weight [out, in], got shape {tuple(weight.shape)}")
     out_features, in_features = weight.shape
-    gs = effective_group_size(in_features, group_size)
+    gs = group_length(in_features, group_size)
     if gs <= 0 or in_features % gs != 0:
         raise ValueError(f"in_features={in_features} is not divisible by group_size={group_size}")
     return weight.reshape(out_features * (in_features // gs), gs)
@@ -60,7 +57,8 @@ def scale_eps(scale_dtype: torch.dtype) -> float:
 
 
 def _unit_or(t: Tensor | None, like: Tensor) -> Tensor:
-    """A learned min/max multiplier clamped to [0, 1], or ones when the caller does not tune it."""
+    """A learned min/max multiplier clamped to [0, 1], or ones when the caller does not tune it
+    (the one place the clipping multipliers are clamped)."""
     if t is None:
         return torch.ones(like.shape[0], dtype=torch.float32, device=like.device)
     return t.clamp(0, 1)

@@ -134,8 +134,8 @@ class TunableLinear(nn.Module):
             self.wmax,
             self.bits,
             self.sym,
-            self.min_scale.clamp(0, 1),
-            self.max_scale.clamp(0, 1),
+            self.min_scale,
+            self.max_scale,
             scale_dtype=self.scale_dtype,
         )
 

@@ -126,20 +126,6 @@ def supports_bf16(device: torch.device) -> bool:
     return device.type in ("xpu", "hpu")
 
 
-def tuning_dtype(device: torch.device, checkpoint_dtype: torch.dtype, *, amp: bool) -> torch.dtype:
-    """The dtype ``--model_dtype auto`` tunes and exports in.
-
-    A 16-bit checkpoint keeps its dtype. An fp32 checkpoint is cast to bf16 wherever bf16 is
-    fast, as auto-round does (:func:`choose_precision` then autocasts in it): under CPU autocast
-    alone only the matmuls ran in bf16 while the norms, residual stream and cached block inputs
-    stayed fp32, which cost 9-12% per step on CPU, twice the cache memory, and was less steady at
-    2 bits (docs/benchmarks.md, W2G64 seed by seed).
-    ``--disable_amp`` or a device without fast bf16 keeps fp32."""
-    if not amp or checkpoint_dtype != torch.float32 or not supports_bf16(device):
-        return checkpoint_dtype
-    return torch.bfloat16
-
-
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 

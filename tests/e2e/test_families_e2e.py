@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from auto_round_mllm import api
-from auto_round_mllm.config import job_from_flags
 from auto_round_mllm.errors import UserError
+from auto_round_mllm.flags import job_from_flags
 from auto_round_mllm.inference.dequantize import load_dequantized
 from auto_round_mllm.models.loading import load_model
 
@@ -32,7 +32,7 @@ def quantize(family, model_dir, out, dataset, *, vision=False):
     loaded = load_model(job.model, trust_remote_code=job.trust_remote_code)
     tuned = api.tune(job, loaded)
     folder = out / "ckpt"
-    api.write_formats(tuned, job, {"auto_round": folder}, {"test": True})
+    api.write_formats(tuned, job, {"auto_round": folder}, lambda facts: {"test": True})
     return tuned, folder
 
 

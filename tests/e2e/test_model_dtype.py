@@ -7,10 +7,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from auto_round_mllm.api import load_dtype
-from auto_round_mllm.config import QuantJob
 from auto_round_mllm.models import loading
 from auto_round_mllm.utils import device as devices
+from auto_round_mllm.utils.dtype_policy import load_dtype_name
 from tests.e2e.runs import comparable, run
 
 SMALL = [
@@ -81,13 +80,12 @@ def test_fp32_is_kept_when_asked_or_without_amp(fp32_llama, tmp_path, native_bf1
 
 def test_the_checkpoint_is_loaded_in_the_tuning_dtype(native_bf16):
     """Loading fp32 and casting afterwards would hold the whole model in fp32 first."""
-    job = QuantJob(model="m", device="cpu")
-    assert load_dtype(job, {"dtype": "float32"}) == "bfloat16"
-    assert load_dtype(job, {"dtype": "bfloat16"}) == "auto"
-    assert load_dtype(job, {}) == "auto"  # unknown: tune() casts after loading
-    assert (
-        load_dtype(QuantJob(model="m", device="cpu", model_dtype="fp32"), {"dtype": "float32"}) == "float32"
-    )
+    cpu = torch.device("cpu")
+    assert load_dtype_name("auto", cpu, {"dtype": "float32"}, amp=True) == "bfloat16"
+    assert load_dtype_name("auto", cpu, {"dtype": "bfloat16"}, amp=True) == "auto"
+    assert load_dtype_name("auto", cpu, {}, amp=True) == "auto"  # unknown: tune() casts after loading
+    assert load_dtype_name("float32", cpu, {"dtype": "float32"}, amp=True) == "float32"
+    assert load_dtype_name("auto", cpu, {"dtype": "float32"}, amp=False) == "auto"  # --disable_amp: as stored
 
 
 def test_a_model_handed_in_is_cast_and_its_config_follows(fp32_llama, tmp_path, native_bf16):

@@ -6,16 +6,16 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
-from auto_round_mllm import api
-from auto_round_mllm.config import job_from_flags
+from auto_round_mllm import api, preflight
 from auto_round_mllm.errors import IncompatibleScheme
 from auto_round_mllm.export import EXPORTERS
+from auto_round_mllm.flags import job_from_flags
 from auto_round_mllm.inference.dequantize import load_dequantized, read_tensors
 from auto_round_mllm.inference.loader import load_quantized
 from auto_round_mllm.inference.qlinear import QuantLinear
 from auto_round_mllm.models.loading import load_model
+from tests.conftest import fake_quant_fp32
 
 SCHEMES = {  # (bits, group_size, asym)
     "w2g64": (2, 64, False),
@@ -44,16 +44,6 @@ def job_for(model_dir, out, fmt, scheme):
     )  # fmt: skip
 
 
-def fake_quant_fp32(tuned):
-    model = tuned.loaded.model
-    nn.Module.float(model)
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, qw in tuned.qweights.items():
-            modules[name].weight.copy_(qw.dequantize(torch.float32))
-    return model
-
-
 def test_every_registered_format_is_covered():
     assert set(EXPORTERS.names()) == {name.replace("-", "_") for name in STORES}
 
@@ -64,12 +54,12 @@ def test_write_reload_same_logits(family, fmt, scheme, tiny_models, tmp_path):
     job = job_for(tiny_models[family], tmp_path, fmt, scheme)
     if scheme not in STORES[fmt]:
         with pytest.raises(IncompatibleScheme):
-            api.check_job(job)
+            preflight.check_job(job)
         return
-    api.check_job(job)
+    preflight.check_job(job)
     tuned = api.tune(job, load_model(job.model))
     folder = tmp_path / "ckpt"
-    api.write_formats(tuned, job, {fmt: folder}, {"test": True})
+    api.write_formats(tuned, job, {fmt: folder}, lambda facts: {"test": True})
     ids = torch.randint(3, 1900, (2, 24), generator=torch.Generator().manual_seed(0))
     if fmt == "fake":  # fake-quantized weights in the model dtype: the model itself, bit for bit
         reloaded = load_dequantized(folder, dtype=tuned.loaded.model.dtype)
@@ -131,7 +121,7 @@ def check_contract(fmt, quant, tensors, scheme):
 def test_gptq_v1_zeros_for_symmetric(tiny_qwen2_vl, tmp_path):
     job = job_for(tiny_qwen2_vl, tmp_path, "auto_gptq", "w4g128")
     tuned = api.tune(job, load_model(job.model))
-    api.write_formats(tuned, job, {"auto_gptq": tmp_path / "g"}, {})
+    api.write_formats(tuned, job, {"auto_gptq": tmp_path / "g"}, lambda facts: {})
     qzeros = next(t for n, t in read_tensors(tmp_path / "g").items() if n.endswith(".qzeros"))
     assert (qzeros == 0x77777777).all()
     assert json.loads((tmp_path / "g" / "quantize_config.json").read_text())["quant_method"] == "gptq"

@@ -11,18 +11,7 @@ import torch
 from torch import nn
 
 from auto_round_mllm.config import QuantScheme
-from tests.conftest import quantize_tiny
-
-
-def fake_quant_fp32(tuned):
-    """The tuned model in fp32 with every quantized Linear holding its exact dequantized weight."""
-    model = tuned.loaded.model
-    nn.Module.float(model)
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, qw in tuned.qweights.items():
-            modules[name].weight.copy_(qw.dequantize(torch.float32))
-    return model
+from tests.conftest import fake_quant_fp32, quantize_tiny
 
 
 def image_inputs(loaded):

@@ -50,7 +50,7 @@ def test_gptq_configs_without_live_block_names_fall_back_to_the_text_decoder(blo
     import json
 
     from auto_round_mllm import api
-    from auto_round_mllm.config import job_from_flags
+    from auto_round_mllm.flags import job_from_flags
     from auto_round_mllm.inference.loader import load_quantized
     from auto_round_mllm.models.loading import load_model
 
@@ -59,7 +59,7 @@ def test_gptq_configs_without_live_block_names_fall_back_to_the_text_decoder(blo
     )
     tuned = api.tune(job, load_model(job.model))
     folder = tmp_path / "ckpt"
-    api.write_formats(tuned, job, {"auto_gptq": folder}, {})
+    api.write_formats(tuned, job, {"auto_gptq": folder}, lambda facts: {})
     config = json.loads((folder / "config.json").read_text())
     assert config["quantization_config"]["block_name_to_quantize"] == "model.language_model.layers"
     reference = load_quantized(folder, dtype=torch.float32)

@@ -157,7 +157,7 @@ def test_whole_model_through_the_kernel_matches_the_torch_path(
     interpreter, tiny_qwen2_vl, tmp_path, fmt, bits, asym
 ):
     from auto_round_mllm import api
-    from auto_round_mllm.config import job_from_flags
+    from auto_round_mllm.flags import job_from_flags
     from auto_round_mllm.inference.loader import load_quantized
     from auto_round_mllm.models.loading import load_model
 
@@ -166,7 +166,7 @@ def test_whole_model_through_the_kernel_matches_the_torch_path(
         batch_size=2, format=fmt, output_dir=str(tmp_path), device="cpu",
     )  # fmt: skip
     tuned = api.tune(job, load_model(job.model))
-    api.write_formats(tuned, job, {fmt: tmp_path / "ckpt"}, {"test": True})
+    api.write_formats(tuned, job, {fmt: tmp_path / "ckpt"}, lambda facts: {"test": True})
     ids = torch.randint(3, 1900, (1, 6), generator=torch.Generator().manual_seed(0))
     fast = load_quantized(tmp_path / "ckpt", dtype=torch.float32, backend="triton")
     slow = load_quantized(tmp_path / "ckpt", dtype=torch.float32, backend="torch")

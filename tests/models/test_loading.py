@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from auto_round_mllm.models.loading import checkpoint_dtype
+from auto_round_mllm.utils.dtype_policy import checkpoint_dtype
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ import torch
 
 from auto_round_mllm.errors import UserError
 from auto_round_mllm.utils import device as devices
+from auto_round_mllm.utils import dtype_policy
 from auto_round_mllm.utils.device import choose_precision, resolve_device
 
 
@@ -47,13 +48,13 @@ def test_autocast_context_runs_in_bf16_on_cpu():
 def test_tuning_dtype_casts_fp32_to_bf16_only_where_amp_computes_in_bf16(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
-    assert devices.tuning_dtype(cpu, torch.float32, amp=True) == torch.bfloat16
-    assert devices.tuning_dtype(cpu, torch.float32, amp=False) == torch.float32  # --disable_amp
-    assert devices.tuning_dtype(cpu, torch.float16, amp=True) == torch.float16  # 16-bit stays
-    assert devices.tuning_dtype(cpu, torch.bfloat16, amp=True) == torch.bfloat16
+    assert dtype_policy.tuning_dtype(cpu, torch.float32, amp=True) == torch.bfloat16
+    assert dtype_policy.tuning_dtype(cpu, torch.float32, amp=False) == torch.float32  # --disable_amp
+    assert dtype_policy.tuning_dtype(cpu, torch.float16, amp=True) == torch.float16  # 16-bit stays
+    assert dtype_policy.tuning_dtype(cpu, torch.bfloat16, amp=True) == torch.bfloat16
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
-    assert devices.tuning_dtype(cpu, torch.float32, amp=True) == torch.float32
+    assert dtype_policy.tuning_dtype(cpu, torch.float32, amp=True) == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert devices.tuning_dtype(gpu, torch.float32, amp=True) == torch.bfloat16
+    assert dtype_policy.tuning_dtype(gpu, torch.float32, amp=True) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # V100, T4
-    assert devices.tuning_dtype(gpu, torch.float32, amp=True) == torch.float32
+    assert dtype_policy.tuning_dtype(gpu, torch.float32, amp=True) == torch.float32

@@ -1,0 +1,309 @@
+"""The tuning run of one job on a loaded model: prepare, vision pass, re-capture, text pass.
+
+1. Prepare: the model dtype (:mod:`~auto_round_mllm.utils.dtype_policy`), the autocast precision,
+   the tuner, the blocks to tune and a :class:`LayerDecision` for every Linear in them.
+2. Calibration: the planned samples go through the template's processor (tuners that need data).
+3. Vision pass (``--quant_nontext_module``): each vision block list is tuned with batch 1.
+4. Re-capture: the text blocks' quantized stream is captured again behind the quantized vision
+   tower, so its error reaches text calibration (the full-precision stream was captured first).
+5. Text pass: the text decoder's blocks, streamed from disk when the loader allowed it.
+
+Nothing here writes a checkpoint: :class:`TunedModel` is what the exporters read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from auto_round_mllm.config import QuantJob, TuningConfig
+from auto_round_mllm.data.calib_set import CalibrationSet, build_calibration_set
+from auto_round_mllm.data.calibration_plan import CalibrationPlan, plan_calibration
+from auto_round_mllm.data.processors import processor_for
+from auto_round_mllm.errors import UserError
+from auto_round_mllm.models.family import select_blocks, vision_block_lists
+from auto_round_mllm.models.layer_plan import (
+    LayerCheck,
+    LayerDecision,
+    check_something_quantizes,
+    plan_layers,
+)
+from auto_round_mllm.models.loading import LoadedModel
+from auto_round_mllm.pipeline.blockwise import (
+    BlockReport,
+    ProgressSink,
+    Streams,
+    place_outside_blocks,
+    quantize_blocks,
+)
+from auto_round_mllm.pipeline.cache import CachePlacement
+from auto_round_mllm.pipeline.capture import capture_block_inputs
+from auto_round_mllm.pipeline.placement import BlockPlacement
+from auto_round_mllm.pipeline.resume import ResumeState, samples_fingerprint
+from auto_round_mllm.quant.tunable import QuantizedWeight
+from auto_round_mllm.tuning import Tuner, tuner_for
+from auto_round_mllm.tuning.block_inputs import BlockInputs
+from auto_round_mllm.utils.device import DTYPE_NAMES, Precision, choose_precision
+from auto_round_mllm.utils.dtype_policy import cast_parameters, model_dtype_for, parameter_dtype
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TunedModel:
+    """The outcome of tuning, before any format is written."""
+
+    loaded: LoadedModel
+    qweights: dict[str, QuantizedWeight]
+    decisions: dict[str, LayerDecision]
+    block_groups: list[str]
+    blocks: list[BlockReport]
+    calibration: CalibrationSet | None
+    plan: CalibrationPlan
+    device: str
+    precision: str
+    seconds: float
+    model_dtype: str = "float32"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BlockChoice:
+    """The blocks a job tunes: the text decoder's (one block list) and, with
+    ``--quant_nontext_module``, every vision block list's, in forward order."""
+
+    text_group: str
+    text_blocks: list[str]
+    vision: dict[str, list[str]]
+
+    @property
+    def all_blocks(self) -> list[str]:
+        return [name for names in self.vision.values() for name in names] + self.text_blocks
+
+    @property
+    def count(self) -> int:
+        return len(self.all_blocks)
+
+
+@dataclass
+class RunSetup:
+    """What every pass of one run shares."""
+
+    device: torch.device
+    model_dtype: torch.dtype
+    precision: Precision
+    tuner: Tuner
+    blocks: BlockChoice
+    decisions: dict[str, LayerDecision]
+    samples: list | None
+    cache: CachePlacement
+    placement: BlockPlacement | None
+    resume: ResumeState | None
+
+
+def prepare_dtype(job: QuantJob, loaded: LoadedModel, device: torch.device) -> tuple[torch.dtype, list[str]]:
+    """Cast the model to the dtype it is tuned and written in (a model handed in, or a config that
+    named no dtype, may not be in it yet); the note says so when ``auto`` changed the dtype."""
+    model = loaded.model
+    stored = loaded.checkpoint_dtype or parameter_dtype(model)
+    model_dtype = model_dtype_for(job.model_dtype, device, stored, amp=job.tuning.amp)
+    if parameter_dtype(model) != model_dtype:
+        cast_parameters(model, model_dtype)
+    notes = []
+    if job.model_dtype == "auto" and model_dtype != stored:
+        notes.append(
+            f"the {DTYPE_NAMES[stored]} checkpoint was tuned and is written in "
+            f"{DTYPE_NAMES[model_dtype]}, the dtype AMP computes in (--model_dtype fp32 keeps fp32)"
+        )
+    return model_dtype, notes
+
+
+def choose_blocks(job: QuantJob, loaded: LoadedModel) -> BlockChoice:
+    """The text blocks ``--to_quant_block_names`` selects (one block list only) and the vision
+    blocks ``--quant_nontext_module`` adds."""
+    model = loaded.model
+    block_names = select_blocks(model, loaded.family, job.to_quant_block_names)
+    groups = sorted({name.rsplit(".", 1)[0] for name in block_names})
+    if len(groups) > 1:
+        raise UserError(
+            f"--to_quant_block_names selects blocks from several block lists ({', '.join(groups)})",
+            fix="select blocks of the text decoder only, and use --quant_nontext_module for the vision tower",
+        )
+    vision_groups = vision_block_lists(model, loaded.family) if job.quant_nontext_module else []
+    if job.quant_nontext_module and not vision_groups:
+        raise UserError(
+            f"--quant_nontext_module: no vision blocks found in {type(model).__name__}",
+            fix="leave the flag out for text-only models",
+        )
+    modules = dict(model.named_modules())
+    vision = {g: [f"{g}.{i}" for i in range(len(modules[g]))] for g in vision_groups}
+    return BlockChoice(groups[0], block_names, vision)
+
+
+def build_calibration(
+    job: QuantJob, loaded: LoadedModel, plan: CalibrationPlan, tuner: Tuner
+) -> CalibrationSet | None:
+    """The planned samples through the processor (the family's, or the one a named template
+    brings); None when the tuner needs no data."""
+    if not tuner.needs_data or plan.source is None:
+        return None
+    name = plan.template.processor if job.data.template else loaded.family.processor
+    processor = processor_for(name, loaded, plan.template)
+    return build_calibration_set(
+        plan.source, processor, seqlen=job.tuning.seqlen, nsamples=job.tuning.nsamples, seed=job.tuning.seed
+    )
+
+
+def vision_tuning(tuning: TuningConfig) -> TuningConfig:
+    """Vision blocks take one sample per step (auto-round's rule): their hidden states carry no
+    batch dimension in several towers (Qwen2-VL's packed patches), so samples are not concatenated;
+    gradient accumulation keeps the number of samples per step."""
+    steps = tuning.batch_size * tuning.gradient_accumulate_steps
+    return dataclasses.replace(tuning, batch_size=1, gradient_accumulate_steps=steps)
+
+
+def capture_text_inputs(loaded: LoadedModel, setup: RunSetup) -> BlockInputs:
+    """The first text block's inputs, everything outside the text blocks on the compute device."""
+    model, group = loaded.model, setup.blocks.text_group
+    place_outside_blocks(model, [group], setup.device)
+    first = model.get_submodule(setup.blocks.text_blocks[0])
+    return capture_block_inputs(model, first, setup.samples, device=setup.device, cache=setup.cache)
+
+
+def setup_run(
+    job: QuantJob,
+    loaded: LoadedModel,
+    plan: CalibrationPlan,
+    *,
+    device: torch.device,
+    spread: list[torch.device] | None,
+    layer_checks: list[LayerCheck],
+    resume: ResumeState | None,
+) -> tuple[RunSetup, CalibrationSet | None, list[str]]:
+    """Steps 1-2: dtype, precision, tuner, blocks, layer decisions and calibration set."""
+    model_dtype, notes = prepare_dtype(job, loaded, device)
+    precision = choose_precision(device, model_dtype, amp=job.tuning.amp)
+    tuner = tuner_for(job.tuning)
+    blocks = choose_blocks(job, loaded)
+    decisions = plan_layers(
+        loaded.model,
+        blocks.all_blocks,
+        job.scheme,
+        keep_patterns=tuple(job.fp_layers) + tuple(loaded.family.ignore),
+        checks=layer_checks,
+    )
+    check_something_quantizes(decisions, job.scheme)
+    calibration = build_calibration(job, loaded, plan, tuner)
+    log.info(
+        "quantizing %d blocks of %s%s on %s (%s), %s, %s",
+        len(blocks.text_blocks),
+        blocks.text_group,
+        "".join(f" and {len(b)} of {g}" for g, b in blocks.vision.items()),
+        device,
+        precision.label,
+        job.scheme.label,
+        f"SignRound {job.tuning.iters} iters" if job.tuning.iters else "RTN",
+    )
+    if blocks.vision and calibration is not None and calibration.image_samples == 0:
+        raise UserError(
+            "--quant_nontext_module: no calibration sample with an image could be processed "
+            f"({'; '.join(calibration.notes) or 'no image samples'})",
+            fix="check that the model's processor loads (see the notes) and that the dataset has images",
+        )
+    samples = calibration.samples if calibration else None
+    if resume is not None:
+        resume.check_data(samples_fingerprint(samples))
+    cache = CachePlacement.for_run(device, host=job.memory.host_caches, folder=job.memory.cache_dir)
+    placement = BlockPlacement(spread) if spread else None
+    setup = RunSetup(
+        device, model_dtype, precision, tuner, blocks, decisions, samples, cache, placement, resume
+    )
+    return setup, calibration, notes
+
+
+def tune_passes(
+    job: QuantJob, loaded: LoadedModel, setup: RunSetup, progress: ProgressSink
+) -> tuple[dict[str, QuantizedWeight], list[BlockReport]]:
+    """Steps 3-5: the vision pass, the re-capture behind the quantized tower, the text pass."""
+    model, blocks = loaded.model, setup.blocks
+    common = dict(
+        decisions=setup.decisions,
+        samples=setup.samples,
+        device=setup.device,
+        precision=setup.precision,
+        resume=setup.resume,
+        cache=setup.cache,
+        placement=setup.placement,
+        progress=progress,
+    )
+    qweights: dict[str, QuantizedWeight] = {}
+    reports: list[BlockReport] = []
+    recapture = bool(blocks.vision) and setup.tuner.needs_data
+    # The text blocks' full-precision stream comes from the fp model, before the tower is quantized.
+    full = capture_text_inputs(loaded, setup) if recapture else None
+    config = vision_tuning(job.tuning)
+    for group, names in blocks.vision.items():
+        done = quantize_blocks(
+            model, group=group, block_names=names, tuner=tuner_for(config), config=config, **common
+        )
+        qweights.update(done.qweights)
+        reports.extend(done.blocks)
+    streams = Streams(full, capture_text_inputs(loaded, setup)) if full is not None else None
+    done = quantize_blocks(
+        model,
+        group=blocks.text_group,
+        block_names=blocks.text_blocks,
+        tuner=setup.tuner,
+        config=job.tuning,
+        streams=streams,
+        weights=loaded.streamed,
+        **common,
+    )
+    qweights.update(done.qweights)
+    reports.extend(done.blocks)
+    return qweights, reports
+
+
+def tune(
+    job: QuantJob,
+    loaded: LoadedModel,
+    progress: ProgressSink | None = None,
+    *,
+    device: torch.device,
+    spread: list[torch.device] | None = None,
+    layer_checks: list[LayerCheck] = (),  # type: ignore[assignment]
+    plan: CalibrationPlan | None = None,
+    resume: ResumeState | None = None,
+) -> TunedModel:
+    """Tune every chosen block of ``loaded`` on ``device`` (``spread``: ``--device_map``'s devices);
+    ``layer_checks`` say which Linears the requested formats cannot store; ``plan`` comes from
+    :func:`~auto_round_mllm.data.calibration_plan.plan_calibration` (made here if None)."""
+    started = time.perf_counter()
+    torch.manual_seed(job.tuning.seed)
+    plan = plan or plan_calibration(job, loaded.model_type, loaded.family)
+    setup, calibration, notes = setup_run(
+        job, loaded, plan, device=device, spread=spread, layer_checks=list(layer_checks), resume=resume
+    )
+    progress = progress or ProgressSink()
+    progress.start(setup.blocks.count)
+    qweights, reports = tune_passes(job, loaded, setup, progress)
+    progress.finish()
+    place_outside_blocks(loaded.model, [], torch.device("cpu"))  # streamed blocks stay on meta
+    return TunedModel(
+        loaded=loaded,
+        qweights=qweights,
+        decisions=setup.decisions,
+        block_groups=[*setup.blocks.vision, setup.blocks.text_group],
+        blocks=reports,
+        calibration=calibration,
+        plan=plan,
+        device=str(device),
+        precision=setup.precision.label,
+        seconds=time.perf_counter() - started,
+        model_dtype=DTYPE_NAMES.get(setup.model_dtype, str(setup.model_dtype)),
+        notes=notes,
+    )
