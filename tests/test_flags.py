@@ -64,6 +64,8 @@ def test_defaults_of_the_table_are_the_jobs_defaults():
 
 @pytest.mark.parametrize("flag", [f for f in FLAGS if f.target is not None], ids=lambda f: f.name)
 def test_every_flag_reaches_its_field(flag):
+    if not flag.is_switch and flag.name not in OTHER_VALUES:
+        pytest.fail(f"a new flag: give --{flag.name} a value other than its default in OTHER_VALUES")
     value = True if flag.is_switch else OTHER_VALUES[flag.name]
     base = {"model": "m"}
     if flag.name == "disable_trust_remote_code":  # it only undoes --trust_remote_code's default

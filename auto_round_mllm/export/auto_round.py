@@ -20,7 +20,7 @@ from auto_round_mllm._version import __version__
 from auto_round_mllm.config import QuantScheme, TuningConfig
 from auto_round_mllm.errors import IncompatibleScheme
 from auto_round_mllm.export.base import ExportInput, register_exporter
-from auto_round_mllm.export.checkpoint import Namer, both_conventions, marlin_report, write_checkpoint
+from auto_round_mllm.export.checkpoint import Namer, both_conventions, write_checkpoint
 from auto_round_mllm.export.layouts import awq_layer_problem, gptq_layer_problem, pack_awq, pack_gptq
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class AutoRoundExporter:
             make_config=lambda name_for: self.quantization_config(data, name_for, packing),
             config_files=("quantization_config.json",),
         )
-        return {**facts, "packing_format": packing, "not_marlin": marlin_report(data.qweights)}
+        return {**facts, "packing_format": packing, "not_marlin": data.not_marlin}
 
 
 register_exporter("auto_round", AutoRoundExporter("auto_round", None), aliases=("auto-round",))

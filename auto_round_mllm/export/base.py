@@ -7,6 +7,7 @@ weight is loaded (:meth:`Exporter.check`), say which layers it cannot store befo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from torch import nn
 
 from auto_round_mllm.config import QuantJob, QuantScheme
+from auto_round_mllm.export.layouts import marlin_problem
 from auto_round_mllm.models.layer_plan import LayerDecision
 from auto_round_mllm.quant.tunable import QuantizedWeight
 from auto_round_mllm.registry import Registry
@@ -38,6 +40,12 @@ class ExportInput:
     image_processor: Any = None
     streamed: StreamedWeights | None = None
     """Blocks whose tensors are on disk (meta in ``model``): read one at a time while writing."""
+
+    @functools.cached_property
+    def not_marlin(self) -> dict[str, str]:
+        """Layers vLLM's Marlin kernels cannot take (they then run on slower GPTQ/AWQ kernels):
+        found once per run, whichever Marlin formats are written."""
+        return {name: why for name, qw in self.qweights.items() if (why := marlin_problem(qw))}
 
 
 class Exporter(Protocol):

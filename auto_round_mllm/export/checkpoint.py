@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from auto_round_mllm.export.base import ExportInput
-from auto_round_mllm.export.layouts import marlin_problem
 from auto_round_mllm.export.naming import checkpoint_namer, module_checkpoint_name
 from auto_round_mllm.export.writer import copy_processing_files, write_json, write_safetensors
 from auto_round_mllm.quant.tunable import QuantizedWeight
@@ -170,11 +169,6 @@ def _read(file: Path, key: str) -> torch.Tensor:
 
     with safe_open(str(file), framework="pt") as handle:
         return handle.get_tensor(key)
-
-
-def marlin_report(qweights: dict[str, QuantizedWeight]) -> dict[str, str]:
-    """Layers vLLM's Marlin kernels cannot take (they then run on slower GPTQ/AWQ kernels)."""
-    return {name: why for name, qw in qweights.items() if (why := marlin_problem(qw))}
 
 
 def fp_modules_outside(model: nn.Module, quantized: set[str]) -> list[str]:

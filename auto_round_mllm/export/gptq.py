@@ -23,7 +23,7 @@ from auto_round_mllm._version import __version__
 from auto_round_mllm.config import QuantScheme
 from auto_round_mllm.errors import IncompatibleScheme
 from auto_round_mllm.export.base import ExportInput, register_exporter
-from auto_round_mllm.export.checkpoint import Namer, both_conventions, marlin_report, write_checkpoint
+from auto_round_mllm.export.checkpoint import Namer, both_conventions, write_checkpoint
 from auto_round_mllm.export.layouts import gptq_g_idx, gptq_layer_problem, pack_gptq
 
 
@@ -93,7 +93,7 @@ class GPTQExporter:
         return {
             **facts,
             "checkpoint_format": "gptq" if offset else "gptq_v2",
-            "not_marlin": marlin_report(data.qweights),
+            "not_marlin": data.not_marlin,
         }
 
 

@@ -74,12 +74,15 @@ def report_digest(data: bytes, folders: dict[str, str]) -> str:
 
 
 def digests(output: Path, folders: dict[str, str]) -> dict[str, str]:
+    """Every file under the run's one checkpoint folder (``<model>-<scheme>``, whose name depends on
+    the model folder's), by its path inside it."""
+    (root,) = [child for child in output.iterdir() if child.is_dir()]
     out = {}
-    for path in sorted(output.rglob("*")):
+    for path in sorted(root.rglob("*")):
         if not path.is_file():
             continue
         data = path.read_bytes()
-        name = str(path.relative_to(output))
+        name = str(path.relative_to(root))
         if path.name == "quantization_report.json":
             out[name] = report_digest(data, folders)
         else:
@@ -97,11 +100,12 @@ def run_cli(args: list[str]) -> None:
             raise RuntimeError(f"auto-round-mllm {' '.join(args)} exited {exc.code}") from None
 
 
-def checksums_of_run(name: str, model_dir: Path, work: Path) -> dict[str, str]:
-    """Run ``RUNS[name]`` on ``model_dir`` into ``work`` and return its files' checksums."""
+def checksums_of_run(name: str, model_dir: Path, work: Path, *extra: str) -> dict[str, str]:
+    """Run ``RUNS[name]`` (plus ``extra`` flags) on ``model_dir`` into ``work``; its files' checksums."""
     _, flags = RUNS[name]
     out = work / name
-    run_cli(["--model", str(model_dir), *flags, "--device", "cpu", "--output_dir", str(out), "--force"])
+    args = ["--model", str(model_dir), *flags, *extra, "--device", "cpu", "--output_dir", str(out), "--force"]
+    run_cli(args)
     return digests(out, {"OUT": str(out), "MODEL": str(model_dir)})
 
 

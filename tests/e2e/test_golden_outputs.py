@@ -1,5 +1,6 @@
 """Every format's files are byte-identical to the committed checksums (see golden_outputs.py):
-restructuring the code must not change a single byte of a checkpoint."""
+restructuring the code must not change a single byte of a checkpoint. The same seed, data and
+machine give the same bytes within one process too, and another seed gives other weights."""
 
 from __future__ import annotations
 
@@ -23,25 +24,44 @@ def expected() -> dict:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict:
-    """The tiny models in folders named as golden_outputs.py names them (output paths carry it)."""
-    root = tmp_path_factory.mktemp("golden-models")
-    families = sorted({family for family, _ in golden.RUNS.values()})
-    return {family: golden.build_model(family, root / family) for family in families}
+def models(request) -> dict:
+    """The suite's tiny models, by the family names golden_outputs.py uses."""
+    return {
+        family: request.getfixturevalue(f"tiny_{family}") for family in {f for f, _ in golden.RUNS.values()}
+    }
 
 
-def test_golden_runs_cover_every_format(expected):
+def test_golden_runs_cover_every_format():
     from auto_round_mllm.export import EXPORTERS
 
     written = {flags[flags.index("--format") + 1] for _, flags in golden.RUNS.values()}
     assert {fmt for spec in written for fmt in spec.split(",")} == set(EXPORTERS.names())
-    assert set(expected) == set(golden.RUNS)
+
+
+@pytest.fixture(scope="module")
+def first_runs() -> dict:
+    return {}
 
 
 @pytest.mark.parametrize("name", list(golden.RUNS))
-def test_outputs_match_the_golden_checksums(name, expected, models, tmp_path, capsys):
+def test_outputs_match_the_golden_checksums(name, expected, models, first_runs, tmp_path, capsys):
     family, _ = golden.RUNS[name]
     found = golden.checksums_of_run(name, models[family], tmp_path)
     capsys.readouterr()
+    first_runs[name] = found
     assert sorted(found) == sorted(expected[name])
     assert [file for file in found if found[file] != expected[name][file]] == []
+
+
+def test_a_second_run_in_the_same_process_writes_the_same_bytes_and_another_seed_does_not(
+    models, first_runs, tmp_path, capsys
+):
+    name = "qwen2_vl-w4g32-sym-all-formats"
+    first = first_runs.get(name) or golden.checksums_of_run(name, models["qwen2_vl"], tmp_path / "first")
+    again = golden.checksums_of_run(name, models["qwen2_vl"], tmp_path / "again")
+    assert any(file.endswith(".safetensors") for file in first)
+    assert again == first
+    reseeded = golden.checksums_of_run(name, models["qwen2_vl"], tmp_path / "seed7", "--seed", "7")
+    capsys.readouterr()
+    assert reseeded.keys() == first.keys()
+    assert any(reseeded[file] != first[file] for file in first if file.endswith(".safetensors"))
