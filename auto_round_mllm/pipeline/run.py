@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -275,7 +276,7 @@ def tune(
     *,
     device: torch.device,
     spread: list[torch.device] | None = None,
-    layer_checks: list[LayerCheck] = (),  # type: ignore[assignment]
+    layer_checks: Sequence[LayerCheck] = (),
     plan: CalibrationPlan | None = None,
     resume: ResumeState | None = None,
 ) -> TunedModel:
