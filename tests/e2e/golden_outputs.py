@@ -56,11 +56,25 @@ def platform_fingerprint() -> dict[str, str]:
 
     return {
         "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "threads": str(torch.get_num_threads()),  # parallel reductions may round differently
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": str(cpu_has_native_bf16()),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (math libraries pick kernels by vendor and generation)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def report_digest(data: bytes, folders: dict[str, str]) -> str:
