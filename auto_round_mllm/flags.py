@@ -164,7 +164,7 @@ FLAGS: tuple[Flag, ...] = (
     ),
     _switch(
         "not_use_best_mse", "tuning.use_best_mse", False,
-        "Keep the last step's parameters instead of the best step's.",
+        "Keep the parameters of the last evaluated step instead of the best step's (auto-round's meaning).",
     ),
     _switch(
         "disable_quanted_input", "tuning.enable_quanted_input", False,

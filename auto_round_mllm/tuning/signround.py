@@ -3,8 +3,9 @@
 Per step: draw ``batch_size x gradient_accumulate_steps`` samples, run the block with fake-quantized
 weights on the quantized stream, take the MSE against the full-precision block's output, and move
 every parameter by ``-lr_t * sign(grad)`` with ``lr_t`` decaying linearly to 0. The parameters
-evaluated at the lowest loss are kept, as in auto-round (the last update is never evaluated); when
-samples come in several shapes, only batches of the largest same-shape group compete.
+evaluated at the lowest loss are kept, as in auto-round (the last update is never evaluated), or with
+``--not_use_best_mse`` those of the last evaluated step; when samples come in several shapes, only
+batches of the largest same-shape group compete.
 
 Unlike auto-round, the clipping multipliers do not start at 1 but at the per-group ratio with the
 least activation-weighted round-to-nearest error (``--disable_clip_search`` restores auto-round's
@@ -192,6 +193,10 @@ class SignRoundTuner:
                 best_loss, outcome.best_iter = value, step
                 if cfg.use_best_mse:
                     best_state = {name: layer.snapshot() for name, layer in wrapped.items()}
+            if not cfg.use_best_mse and step == cfg.iters - 1:
+                # --not_use_best_mse keeps the last step that was evaluated, as auto-round does: the
+                # update below would otherwise be kept without ever having been run
+                best_state = {name: layer.snapshot() for name, layer in wrapped.items()}
             sign_step(round_params, cfg.effective_lr * decay)
             sign_step(minmax_params, cfg.effective_minmax_lr * decay)
             if ctx.on_step is not None:

@@ -115,6 +115,32 @@ def test_best_iteration_is_restored_and_not_use_best_mse_keeps_the_last():
     assert last.blocks[0].final_loss > best.blocks[0].final_loss
 
 
+def test_not_use_best_mse_keeps_the_last_evaluated_step_not_an_unevaluated_update():
+    """auto-round keeps the parameters the last step ran with; the update after it was never run."""
+    from auto_round_mllm.quant.tunable import wrap_linears
+    from auto_round_mllm.tuning.base import TuneContext
+    from auto_round_mllm.tuning.block_inputs import BlockInputs
+    from auto_round_mllm.tuning.signround import SignRoundTuner
+
+    torch.manual_seed(0)
+    block = ToyBlock()
+    hidden = [torch.randn(1, 8, HIDDEN) for _ in range(4)]
+    with torch.no_grad():
+        targets = [block(h) for h in hidden]
+    inputs = BlockInputs.from_captures([(h, (), {}) for h in hidden])
+    wrapped = wrap_linears(block, lambda name: QuantScheme(2, 32))
+    seen = []  # each forward's tunables: the last entry is what the last step evaluated
+    hook = block.register_forward_pre_hook(lambda module, args: seen.append(wrapped["up"].snapshot()))
+    ctx = TuneContext(inputs, targets, torch.device("cpu"), Precision(torch.device("cpu"), None), seed=0)
+    config = TuningConfig(iters=5, batch_size=4, use_best_mse=False, clip_search=False)
+    SignRoundTuner(config).tune_block(block, wrapped, ctx)
+    hook.remove()
+    kept = wrapped["up"].snapshot()
+    assert len(seen) == 5
+    assert all(torch.equal(kept[key], seen[-1][key]) for key in kept)
+    assert not torch.equal(seen[-1]["v"], seen[-2]["v"])  # the steps did move the parameters
+
+
 def test_quantized_stream_feeds_next_block():
     """With quantized inputs the second block's RTN loss includes the first block's error."""
     with_q = run(TuningConfig(iters=1, batch_size=4))[1]
