@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from auto_round_mllm.autoround_flags import BY_SPELLING as FOREIGN
+from auto_round_mllm.autoround_flags import NEGATIVES as FOREIGN_NEGATIVES
 from auto_round_mllm.config import (
     DataConfig,
     ExportConfig,
@@ -43,6 +45,9 @@ class Flag:
     help: str
     aliases: tuple[str, ...] = ()
     """Other spellings (auto-round's among them): ``--bs`` for ``--batch_size``."""
+    negative: tuple[str, ...] = ()
+    """For a switch: auto-round's spellings that ask for the default (``--enable_minmax_tuning`` for
+    ``--disable_minmax_tuning``); as Python keywords they give the switch's opposite."""
     target: str | None = None
     """The :class:`QuantJob` field, dotted (``tuning.iters``); None for options of the command's
     run itself (``--json``), which no job holds."""
@@ -109,7 +114,7 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag(
         "bits", int, None, "Weight bits: 2, 3, 4 or 8 (default from --scheme: 4).",
-        target="scheme.bits", shown_default="from scheme", doc="2, 3, 4 or 8",
+        aliases=("bit",), target="scheme.bits", shown_default="from scheme", doc="2, 3, 4 or 8",
     ),
     Flag(
         "group_size", int, None,
@@ -153,7 +158,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("seed", int, 42, "Seed for sample order and batches.", target="tuning.seed"),
     _switch(
         "disable_minmax_tuning", "tuning.enable_minmax_tuning", False,
-        "Keep clipping scales at 1 (tune rounding only).", api_names=("enable_minmax_tuning",),
+        "Keep clipping scales at 1 (tune rounding only).", aliases=("no-enable_minmax_tuning",),
+        negative=("enable_minmax_tuning",), api_names=("enable_minmax_tuning",),
     ),
     _switch(
         "disable_clip_search", "tuning.clip_search", False,
@@ -165,11 +171,12 @@ FLAGS: tuple[Flag, ...] = (
     _switch(
         "not_use_best_mse", "tuning.use_best_mse", False,
         "Keep the parameters of the last evaluated step instead of the best step's (auto-round's meaning).",
+        negative=("no-not_use_best_mse",),
     ),
     _switch(
         "disable_quanted_input", "tuning.enable_quanted_input", False,
         "Feed each block full-precision inputs instead of the quantized blocks' outputs.",
-        api_names=("enable_quanted_input",),
+        aliases=("no-enable_quanted_input",), negative=("enable_quanted_input",), api_names=("enable_quanted_input",),
     ),
     _switch(
         "disable_amp", "tuning.amp", False, "No autocast: tune in the model dtype (fp32 on CPUs without bf16).",
@@ -276,7 +283,7 @@ FLAGS: tuple[Flag, ...] = (
         "disable_streaming", "memory.streaming", False,
         "Load the whole model into memory instead of reading each decoder block from the "
         "safetensors shards when it is reached (the output is the same).",
-        autoround=False,
+        aliases=("disable_low_cpu_mem_usage",), negative=("low_cpu_mem_usage",),
         doc="Load the whole model into memory instead of streaming the decoder blocks from disk "
         "(same output; see [Large models](#large-models))",
     ),
@@ -316,6 +323,13 @@ class Keyword:
     flag: Flag
     direct: bool = False
     """True for auto-round's API keywords, whose value is the field's value (``sym=False``)."""
+    negated: bool = False
+    """True for a switch's negative spelling (``low_cpu_mem_usage=False`` is ``disable_streaming=True``)."""
+
+    def assignment(self, value: Any) -> tuple[str, Any] | None:
+        if self.direct:
+            return (self.flag.target, value) if self.flag.target else None
+        return self.flag.assignment(not value if self.negated else value)
 
 
 def keywords() -> dict[str, Keyword]:
@@ -324,6 +338,8 @@ def keywords() -> dict[str, Keyword]:
     for flag in FLAGS:
         for spelling in flag.spellings:
             out[spelling] = Keyword(flag)
+        for spelling in flag.negative:
+            out[spelling] = Keyword(flag, negated=True)
         for name in flag.api_names:
             out[name] = Keyword(flag, direct=True)
     return out
@@ -383,16 +399,21 @@ def job_from_keywords(
     assignments: list[Assignment] = [("model", model, "model")]
     run_options: dict[str, Any] = {}
     for key, value in options.items():
+        if key in FOREIGN:
+            FOREIGN[key].check(value, spelled=f"{key}={value!r}")
+            continue
+        if key in FOREIGN_NEGATIVES:
+            FOREIGN_NEGATIVES[key].check(not value, spelled=f"{key}={value!r}")
+            continue
         if key not in table:
-            close = difflib.get_close_matches(key, table, n=1)
+            close = difflib.get_close_matches(key, [*table, *FOREIGN], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TypeError(f"{caller} got an unexpected keyword argument {key!r}{hint}")
         keyword = table[key]
-        flag = keyword.flag
-        if flag.target is None:
-            run_options[flag.name] = value
+        if keyword.flag.target is None:
+            run_options[keyword.flag.name] = value
             continue
-        found = (flag.target, value) if keyword.direct else flag.assignment(value)
+        found = keyword.assignment(value)
         if found is not None:
             assignments.append((found[0], found[1], f"{key}={value!r}"))
     return build_job(assignments), run_options
@@ -412,6 +433,8 @@ def readme_table() -> str:
         spelled = f"`--{flag.name}`" + (
             f" (`{'`, `'.join('--' + a for a in flag.aliases)}`)" if flag.aliases else ""
         )
+        if flag.negative:
+            spelled += f"; off: `{'`, `'.join('--' + n for n in flag.negative)}`"
         meaning = (flag.doc or flag.help).rstrip(".") + "."
         if not flag.autoround:
             meaning += " *(ours)*"

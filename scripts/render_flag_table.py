@@ -1,4 +1,4 @@
-"""Rewrite README's flag table from the flag table in auto_round_mllm/flags.py.
+"""Rewrite README's flag tables from auto_round_mllm/flags.py and autoround_flags.py.
 
 Usage: python scripts/render_flag_table.py [--check]
 (tests/test_flags.py fails while README disagrees with the table; this script is the fix.)
@@ -10,16 +10,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from auto_round_mllm.flags import README_END, README_START, readme_table
+from auto_round_mllm import autoround_flags, flags
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+TABLES = (flags, autoround_flags)
+"""Each module has README_START, README_END and readme_table()."""
+
+
 def rendered(text: str) -> str:
-    """``text`` with the part between the markers replaced by the rendered table."""
-    start = text.index(README_START) + len(README_START)
-    end = text.index(README_END)
-    return text[:start] + "\n" + readme_table() + "\n" + text[end:]
+    """``text`` with the part between each table's markers replaced by the rendered table."""
+    for table in TABLES:
+        start = text.index(table.README_START) + len(table.README_START)
+        end = text.index(table.README_END)
+        text = text[:start] + "\n" + table.readme_table() + "\n" + text[end:]
+    return text
 
 
 def main() -> int:
@@ -30,7 +36,10 @@ def main() -> int:
     new = rendered(text)
     if args.check:
         if new != text:
-            print("README's flag table differs from auto_round_mllm/flags.py", file=sys.stderr)
+            print(
+                "README's flag tables differ from auto_round_mllm/flags.py or autoround_flags.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     README.write_text(new, encoding="utf-8")

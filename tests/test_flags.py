@@ -119,14 +119,17 @@ def test_the_api_accepts_every_flag_spelling_and_autorounds_names():
 def test_the_command_has_exactly_the_tables_options():
     import typer.main
 
+    from auto_round_mllm.autoround_flags import FOREIGN_FLAGS
     from auto_round_mllm.cli.app import app
 
     command = typer.main.get_command(app)
     options = {param.name: param for param in command.params}
-    assert set(options) == {flag.name for flag in FLAGS}
+    assert set(options) == {flag.name for flag in FLAGS} | {flag.name for flag in FOREIGN_FLAGS}
     for flag in FLAGS:
         spelled = {f"--{s}" for s in flag.spellings} | {f"--{s.replace('_', '-')}" for s in flag.spellings}
         assert set(options[flag.name].opts) == spelled, flag.name
+        negatives = {f"--{s}" for s in flag.negative} | {f"--{s.replace('_', '-')}" for s in flag.negative}
+        assert set(options[flag.name].secondary_opts) == negatives, flag.name
         assert options[flag.name].default == flag.default, flag.name
         assert options[flag.name].is_flag == (flag.kind is bool), flag.name
 

@@ -57,8 +57,11 @@ def quantize_command(ctx: typer.Context, **values: Any) -> None:
     if values["model"] is None:
         raise UserError("no model given", fix="pass --model PATH_OR_HUB_ID (see auto-round-mllm --help)")
     setup_logging(debug=values["debug"])
+    from auto_round_mllm.autoround_flags import BY_NAME as FOREIGN
+    from auto_round_mllm.autoround_flags import check_foreign
     from auto_round_mllm.flags import RUN_OPTIONS, job_from_flags
 
+    check_foreign({name: values.pop(name) for name in FOREIGN})
     run = {name: values.pop(name) for name in RUN_OPTIONS}
     job = job_from_flags(**values)
     if run["resume"] and job.export.force:
@@ -69,16 +72,35 @@ def quantize_command(ctx: typer.Context, **values: Any) -> None:
     run_job(job, json_output=run["json"], run_eval=run["eval"], resume=run["resume"])
 
 
+def option_names(spellings: tuple[str, ...], negatives: tuple[str, ...] = ()) -> list[str]:
+    """Click's declarations: every spelling underscored and dashed, negatives as ``--on/--off`` pairs."""
+    on = names(*(f"--{s}" for s in spellings))
+    off = names(*(f"--{s}" for s in negatives))
+    return [f"{name}/{off[i]}" if i < len(off) else name for i, name in enumerate(on)]
+
+
 def flag_parameters() -> list[inspect.Parameter]:
-    """The command's parameters, one per row of the flag table (auto_round_mllm/flags.py)."""
+    """The command's parameters: one per row of the flag table (auto_round_mllm/flags.py), and
+    auto-round's flags that set nothing here (auto_round_mllm/autoround_flags.py), hidden from
+    ``--help`` and listed in README."""
+    from auto_round_mllm.autoround_flags import FOREIGN_FLAGS
     from auto_round_mllm.flags import FLAGS
 
+    keyword = inspect.Parameter.KEYWORD_ONLY
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     for flag in FLAGS:
-        option = typer.Option(flag.default, *names(*(f"--{s}" for s in flag.spellings)), help=flag.help)
-        params.append(
-            inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=flag.kind)
+        option = typer.Option(
+            flag.default,
+            *option_names(flag.spellings, flag.negative),
+            help=flag.help,
+            show_default=not flag.negative,
         )
+        params.append(inspect.Parameter(flag.name, keyword, default=option, annotation=flag.kind))
+    for foreign in FOREIGN_FLAGS:
+        negatives = (foreign.negative,) if foreign.negative else ()
+        default = False if foreign.kind is bool else None
+        option = typer.Option(default, *option_names(foreign.spellings, negatives), hidden=True)
+        params.append(inspect.Parameter(foreign.name, keyword, default=option, annotation=foreign.kind))
     return params
 
 
