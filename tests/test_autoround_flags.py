@@ -3,6 +3,11 @@ accepted where it asks for what we do, or refused in one line before any weight 
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
+
 import pytest
 
 from auto_round_mllm.autoround_flags import FOREIGN_FLAGS, NEGATIVES, check_foreign
@@ -23,11 +28,21 @@ def our_option_strings() -> set[str]:
     }
 
 
+READ_PARSER = """
+import json
+from auto_round.cli.parser import build_quantize_parser
+print(json.dumps([name for action in build_quantize_parser()._actions for name in action.option_strings]))
+"""
+
+
 def test_every_option_of_autorounds_command_is_known():
-    parser_module = pytest.importorskip("auto_round.cli.parser")
-    theirs = {
-        name for action in parser_module.build_quantize_parser()._actions for name in action.option_strings
-    }
+    """auto-round's parser is read in a process of its own: importing auto-round patches
+    transformers, which the rest of the suite must not see."""
+    if importlib.util.find_spec("auto_round") is None:
+        pytest.skip("auto-round (a test extra) is not installed")
+    done = subprocess.run([sys.executable, "-c", READ_PARSER], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    theirs = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert len(theirs) > 100  # the parser was really read
     assert sorted(theirs - our_option_strings()) == []
 
