@@ -69,13 +69,15 @@ class ForeignFlag:
     def spellings(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
 
-    def check(self, value: Any, *, spelled: str) -> None:
-        """Refuse ``value`` unless it asks for what we do."""
+    def check(self, value: Any, *, given: str | None = None) -> None:
+        """Refuse ``value`` unless it asks for what we do; ``given`` is how the user wrote it (the
+        command's ``--name value`` by default, ``name=value`` from Python)."""
         if value is None or value == self.default or value is False:
             return
         if self.accepts is not None and self.accepts(value):
             return
-        given = spelled if self.kind is bool else f"{spelled} {value}"
+        if given is None:
+            given = f"--{self.name}" if self.kind is bool else f"--{self.name} {value}"
         raise UserError(f"{given}: {self.asks_for} is {self.status} here", fix=self.fix)
 
     def readme_row(self) -> str:
@@ -231,14 +233,11 @@ NEGATIVES: dict[str, ForeignFlag] = {flag.negative: flag for flag in FOREIGN_FLA
 """``no-NAME`` spellings: as Python keywords, ``no-quant_lm_head=False`` asks for ``quant_lm_head``."""
 
 
-def check_foreign(
-    values: Mapping[str, Any], *, label: Callable[[str], str] = lambda name: f"--{name}"
-) -> None:
-    """Refuse, in one line, the first of auto-round's flags (by any spelling) that asks for
-    something we do not build."""
-    for key, value in values.items():
-        flag = BY_SPELLING[key]
-        flag.check(value, spelled=label(key))
+def check_foreign(values: Mapping[str, Any]) -> None:
+    """Refuse, in one line, the first of auto-round's flags (the command's values, by name) that
+    asks for something we do not build."""
+    for name, value in values.items():
+        BY_NAME[name].check(value)
 
 
 README_START = "<!-- autoround-flags: generated from auto_round_mllm/autoround_flags.py by `python scripts/render_flag_table.py` -->"

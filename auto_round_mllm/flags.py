@@ -400,10 +400,10 @@ def job_from_keywords(
     run_options: dict[str, Any] = {}
     for key, value in options.items():
         if key in FOREIGN:
-            FOREIGN[key].check(value, spelled=f"{key}={value!r}")
+            FOREIGN[key].check(value, given=f"{key}={value!r}")
             continue
         if key in FOREIGN_NEGATIVES:
-            FOREIGN_NEGATIVES[key].check(not value, spelled=f"{key}={value!r}")
+            FOREIGN_NEGATIVES[key].check(not value, given=f"{key}={value!r}")
             continue
         if key not in table:
             close = difflib.get_close_matches(key, [*table, *FOREIGN], n=1)

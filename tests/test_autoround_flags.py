@@ -96,6 +96,8 @@ def test_autorounds_spellings_of_our_switches():
     assert job.memory.streaming is True and job.scheme.bits == 2
     with pytest.raises(UserError, match="quant_lm_head=True: quantizing lm_head is not built yet"):
         job_from_keywords("m", {"quant_lm_head": True}, caller="t")
+    with pytest.raises(UserError, match=r"^nblocks=2: tuning several blocks jointly"):
+        job_from_keywords("m", {"nblocks": 2}, caller="t")
     job_from_keywords("m", {"no-quant_lm_head": True}, caller="t")
     with pytest.raises(UserError, match="quantizing lm_head"):
         job_from_keywords("m", {"no-quant_lm_head": False}, caller="t")
