@@ -25,6 +25,7 @@ from auto_round_mllm.data.calibration_plan import CalibrationPlan
 from auto_round_mllm.export import EXPORTERS, ExportInput
 from auto_round_mllm.export import outputs as export_outputs
 from auto_round_mllm.export.outputs import ExportFacts, format_dirs, not_marlin, output_root
+from auto_round_mllm.models.layer_plan import LayerCheck, one_scheme_check
 from auto_round_mllm.models.loading import LoadedModel, load_model, loaded_from_objects
 from auto_round_mllm.pipeline import run
 from auto_round_mllm.pipeline.blockwise import ProgressSink
@@ -37,6 +38,17 @@ from auto_round_mllm.utils.memory import peak_rss_gb
 log = logging.getLogger(__name__)
 
 __all__ = ["AutoRoundMLLM", "QuantResult", "TunedModel", "quantize", "tune", "write_formats"]
+
+
+def layer_checks(job: QuantJob) -> list[LayerCheck]:
+    """Which Linears the job's formats cannot store: each format's own check, and for formats
+    with one scheme for all layers, any layer whose scheme differs from the job's."""
+    exporters = {fmt: EXPORTERS.get(fmt) for fmt in job.export.formats}
+    checks: list[LayerCheck] = [exporter.layer_problem for exporter in exporters.values()]
+    single = [fmt for fmt, exporter in exporters.items() if not exporter.per_layer_schemes]
+    if single:
+        checks.append(one_scheme_check(job.scheme, single))
+    return checks
 
 
 def tune(
@@ -56,7 +68,7 @@ def tune(
         progress,
         device=devices.compute,
         spread=list(devices.spread) if devices.spread else None,
-        layer_checks=[EXPORTERS.get(fmt).layer_problem for fmt in job.export.formats],
+        layer_checks=layer_checks(job),
         plan=plan,
         resume=resume,
     )

@@ -15,6 +15,8 @@ from typing import Any
 from auto_round_mllm.errors import UserError
 
 SUPPORTED_BITS = (2, 3, 4, 8)
+MIN_FALLBACK_GROUP_SIZE = 32
+"""Smallest group size a layer falls back to when the requested one does not divide its width."""
 SUPPORTED_DATA_TYPES = ("int",)
 SCALE_DTYPES = ("float16", "bfloat16", "float32")
 MODEL_DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -81,6 +83,17 @@ class QuantScheme:
     def fits(self, in_features: int) -> bool:
         return in_features % self.group_size_for(in_features) == 0
 
+    def fitted(self, in_features: int) -> QuantScheme | None:
+        """This scheme if its group size divides ``in_features``, else the same scheme with the
+        largest of ``group_size``, 128, 64, 32 (no larger than ``group_size``) that does: the sizes
+        every kernel takes (vLLM's Marlin needs 32, 64 or 128). None if none divides."""
+        if self.fits(in_features):
+            return self
+        for size in sorted({self.group_size, 128, 64, 32}, reverse=True):
+            if MIN_FALLBACK_GROUP_SIZE <= size <= self.group_size and in_features % size == 0:
+                return dataclasses.replace(self, group_size=size)
+        return None
+
     @property
     def label(self) -> str:
         return f"w{self.bits}g{self.group_size}" + ("" if self.sym else "-asym")
@@ -141,6 +154,12 @@ class TuningConfig:
     (quant/clip_search.py) instead of at 1, auto-round's start."""
     torch_compile: bool | None = None
     """Compile the fused quantizer; None decides by device and iters (see quant/kernel.py)."""
+    opt_rtn: bool = False
+    """With ``iters=0``: round-to-nearest from the clipping search weighted by the calibration
+    inputs (auto-round's optimized RTN), instead of plain round-to-nearest from the full range."""
+    dynamic_max_gap: int = -1
+    """Stop a block's tuning when the best loss has not improved for this many steps (auto-round's
+    ``dynamic_max_gap``; -1 or 0: never)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -160,6 +179,14 @@ class TuningConfig:
                 "leave it unset to follow lr",
             ),
         ]
+        checks.append(
+            (
+                not self.opt_rtn or (self.clip_search and self.enable_minmax_tuning),
+                "optimized round-to-nearest (--enable_opt_rtn) is the clipping search, which "
+                "--disable_clip_search / --disable_minmax_tuning turn off",
+                "drop one of them",
+            )
+        )
         for ok, problem, fix in checks:
             if not ok:
                 raise UserError(problem, fix=fix)
@@ -167,15 +194,47 @@ class TuningConfig:
             self, "scale_dtype", normalize_dtype(self.scale_dtype, allowed=SCALE_DTYPES, flag="--scale_dtype")
         )
 
-    @property
-    def effective_lr(self) -> float:
+    def effective_lr(self, bits: int) -> float:
+        """``--lr``, else auto-round's rule: 1/iters, or 2/iters from 1000 iters at 3 bits or fewer
+        (what its ``best`` recipe runs at 2 and 3 bits)."""
         if self.lr is not None:
             return self.lr
-        return 1.0 / self.iters if self.iters > 0 else 5e-3
+        if self.iters <= 0:
+            return 5e-3
+        return (2.0 if self.iters >= 1000 and bits <= 3 else 1.0) / self.iters
+
+    def effective_minmax_lr(self, bits: int) -> float:
+        return self.minmax_lr if self.minmax_lr is not None else self.effective_lr(bits)
 
     @property
-    def effective_minmax_lr(self) -> float:
-        return self.minmax_lr if self.minmax_lr is not None else self.effective_lr
+    def stops_early(self) -> bool:
+        return self.dynamic_max_gap > 0 and self.use_best_mse
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {"tuning.iters": 200, "tuning.nsamples": 128, "tuning.seqlen": 2048, "tuning.batch_size": 8},
+    "best": {"tuning.iters": 1000, "tuning.nsamples": 512, "tuning.seqlen": 2048, "tuning.batch_size": 8},
+    "light": {
+        "tuning.iters": 50,
+        "tuning.nsamples": 128,
+        "tuning.seqlen": 2048,
+        "tuning.batch_size": 8,
+        "tuning.lr": 5e-3,
+    },
+    "opt_rtn": {"tuning.iters": 0, "tuning.nsamples": 128, "tuning.seqlen": 2048, "tuning.opt_rtn": True},
+    "rtn": {"tuning.iters": 0, "tuning.opt_rtn": False},
+}
+"""auto-round's recipes (its ``auto-round``, ``auto-round-best``, ``auto-round-light`` commands and
+``opt_rtn``/``rtn``), as the job fields they set; flags given explicitly win over them. ``best``
+tunes at 2/iters for 3 bits or fewer by the learning-rate rule (:meth:`TuningConfig.effective_lr`)."""
+
+
+def recipe_fields(name: str) -> dict[str, Any]:
+    """The fields recipe ``name`` sets (dotted :class:`QuantJob` paths)."""
+    key = str(name).lower()
+    if key not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}", fix=f"use one of: {', '.join(RECIPES)}")
+    return RECIPES[key]
 
 
 @dataclass(frozen=True)
@@ -261,6 +320,9 @@ class QuantJob:
     to_quant_block_names: tuple[str, ...] = ()
     quant_nontext_module: bool = False
     trust_remote_code: bool = False
+    group_size_fallback: bool = True
+    """A layer whose width the group size does not divide is quantized with the largest group size
+    of 128/64/32 that divides it (listed in the summary); off, it stays in 16 bit."""
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self) -> None:

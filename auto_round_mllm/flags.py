@@ -26,6 +26,7 @@ from auto_round_mllm.config import (
     MemoryConfig,
     QuantJob,
     TuningConfig,
+    recipe_fields,
     resolve_scheme,
     split_list,
 )
@@ -78,6 +79,8 @@ class Flag:
         if self.target is None:
             return None
         if self.is_switch:
+            if not value and self.negative and isinstance(self.sets, bool):
+                return self.target, not self.sets  # its negative spelling, given: the field's default
             return (self.target, self.sets) if value else None
         if value is None:
             return None
@@ -118,10 +121,17 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag(
         "group_size", int, None,
-        "Input channels per scale: -1 (per channel), 32, 64, 128 or any divisor of in_features "
-        "(default from --scheme: 128).",
+        "Input channels per scale: -1 (per channel), 32, 64, 128 or any divisor of in_features; a "
+        "layer it does not divide takes the largest of 128/64/32 that does (default from --scheme: 128).",
         target="scheme.group_size", shown_default="from scheme",
-        doc="Input channels per scale: -1 (per channel), 32, 64, 128 or any divisor of in_features",
+        doc="Input channels per scale: -1 (per channel), 32, 64, 128 or any divisor of in_features; "
+        "a layer whose width it does not divide takes the largest of 128, 64, 32 that does "
+        "(see [Group sizes](#group-sizes))",
+    ),
+    _switch(
+        "disable_group_size_fallback", "group_size_fallback", False,
+        "Keep layers whose in_features the group size does not divide in 16 bit, instead of "
+        "quantizing them with a smaller group size.",
     ),
     _switch(
         "asym", "scheme.sym", False,
@@ -146,6 +156,16 @@ FLAGS: tuple[Flag, ...] = (
         "minmax_lr", float, None, "Clipping-scale learning rate (default: --lr).",
         target="tuning.minmax_lr", shown_default="`--lr`", doc="Clipping-scale learning rate",
     ),
+    Flag(
+        "recipe", str, None,
+        "auto-round's recipes: default (200 iters, 128 samples), best (1000 iters, 512 samples, lr "
+        "2/iters at <= 3 bits), light (50 iters, lr 5e-3), opt_rtn (iters 0 with the clipping "
+        "search), rtn (iters 0 plain); flags given explicitly override it.",
+        target="recipe", shown_default="none",
+        doc="auto-round's recipes by name: `default`, `best`, `light`, `opt_rtn`, `rtn` (see "
+        "[Recipes](#recipes)); flags given explicitly override it",
+        autoround=False,
+    ),
     Flag("nsamples", int, 128, "Calibration samples.", aliases=("nsample",), target="tuning.nsamples"),
     Flag("seqlen", int, 2048, "Tokens per calibration sample.", aliases=("seq_len",), target="tuning.seqlen"),
     Flag(
@@ -167,6 +187,17 @@ FLAGS: tuple[Flag, ...] = (
         "least activation-weighted round-to-nearest error.",
         autoround=False,
         doc="Start clipping at 1 as auto-round does, not at the searched ratio (see [What happens](#what-happens))",
+    ),
+    _switch(
+        "enable_opt_rtn", "tuning.opt_rtn", True,
+        "With --iters 0: start from the clipping search weighted by the calibration inputs "
+        "(auto-round's optimized RTN) instead of plain round-to-nearest.",
+        negative=("disable_opt_rtn",),
+    ),
+    Flag(
+        "dynamic_max_gap", int, -1,
+        "Stop a block's tuning when the best loss has not improved for this many steps (-1: never).",
+        target="tuning.dynamic_max_gap",
     ),
     _switch(
         "not_use_best_mse", "tuning.use_best_mse", False,
@@ -362,6 +393,16 @@ def assignments_from_flags(values: Mapping[str, Any], *, label: Callable[[str], 
 def build_job(assignments: Iterable[Assignment]) -> QuantJob:
     """The job the assignments describe; one field set to two values is a contradiction."""
     fields: dict[str, tuple[Any, str]] = {}
+    assignments = list(assignments)
+    recipes = [(value, who) for target, value, who in assignments if target == "recipe"]
+    assignments = [item for item in assignments if item[0] != "recipe"]
+    if len({name for name, _ in recipes}) > 1:
+        raise UserError(
+            f"{recipes[0][1]} and {recipes[1][1]} contradict each other", fix="pass only one of them"
+        )
+    for name, who in recipes[:1]:  # below every explicit flag, whatever its position
+        given = {target for target, _, _ in assignments}
+        assignments += [(t, v, who) for t, v in recipe_fields(name).items() if t not in given]
     for target, value, who in assignments:
         if target in fields and fields[target][0] != value:
             raise UserError(

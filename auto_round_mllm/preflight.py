@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from auto_round_mllm.config import QuantJob
+from auto_round_mllm.config import SCALE_DTYPES, QuantJob
 from auto_round_mllm.data.calibration_plan import CalibrationPlan, plan_calibration
 from auto_round_mllm.errors import UserError
 from auto_round_mllm.export import EXPORTERS
@@ -74,8 +74,27 @@ def check_job(job: QuantJob) -> Devices:
     if job.memory.cache_dir is not None:
         check_cache_dir(Path(job.memory.cache_dir))
     for fmt in job.export.formats:
-        EXPORTERS.get(fmt).check(job.scheme)
+        exporter = EXPORTERS.get(fmt)
+        exporter.check(job.scheme)
+        check_scale_storage(fmt, exporter.scale_storage, job.tuning.scale_dtype)
     return Devices(spread[0], tuple(spread)) if spread else Devices(device)
+
+
+EXACT_IN = {"float16": ("float16", "bfloat16"), "bfloat16": ("bfloat16",), "float32": SCALE_DTYPES}
+"""Scale dtypes whose tuned values a stored dtype holds exactly. fp16 holds every bf16 value from
+2**-17 up (its subnormals are spaced 2**-24, as bf16 values are there), and bf16 scales never go
+below 1e-5 (quant/ops.py ``scale_eps``); fp32's 1e-8 floor and its 24-bit mantissa it does not."""
+
+
+def check_scale_storage(fmt: str, stored: str | None, scale_dtype: str) -> None:
+    """The checkpoint must be the tuned model: refuse a scale dtype the format cannot store."""
+    if stored is None or scale_dtype in EXACT_IN[stored]:
+        return
+    raise UserError(
+        f"--scale_dtype {scale_dtype} cannot be stored by --format {fmt}: it writes {stored} scales, "
+        "so the checkpoint would not be the model that was tuned",
+        fix=f"use --scale_dtype {' or '.join(EXACT_IN[stored])}, or --format fake",
+    )
 
 
 def check_cache_dir(folder: Path) -> None:

@@ -1102,7 +1102,7 @@ def _llama_text(tokenizer, **extra):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        **TEXT_SIZES,
+        **{**TEXT_SIZES, **{k: extra.pop(k) for k in list(extra) if k in TEXT_SIZES}},
         vocab_size=padded_vocab_size(tokenizer),
         hidden_act="silu",
         rms_norm_eps=1e-5,
@@ -1351,6 +1351,20 @@ def make_tiny_llama(path: str | Path) -> Path:
 
     def config(tokenizer):
         return _llama_text(tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+
+    return _make_causal_lm("llama", LlamaForCausalLM, config, Path(path))
+
+
+def make_tiny_llama_odd_width(path: str | Path) -> Path:
+    """A 2-layer Llama whose hidden size (192) group size 128 does not divide, as SmolLM2's 576
+    (the text decoder of SmolVLM-256M/500M) does not; its intermediate size (512) it does."""
+    from transformers import LlamaForCausalLM
+
+    def config(tokenizer):
+        sizes = {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 2}
+        return _llama_text(
+            tokenizer, **sizes, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}
+        )
 
     return _make_causal_lm("llama", LlamaForCausalLM, config, Path(path))
 

@@ -64,10 +64,15 @@ def test_bad_tuning_values(kwargs):
 
 
 def test_learning_rates_follow_auto_round_defaults():
-    assert TuningConfig().effective_lr == pytest.approx(1 / 200)
-    assert TuningConfig(iters=50).effective_minmax_lr == pytest.approx(1 / 50)
-    assert TuningConfig(lr=0.01).effective_minmax_lr == 0.01
-    assert TuningConfig(lr=0.01, minmax_lr=0.002).effective_minmax_lr == 0.002
+    assert TuningConfig().effective_lr(4) == pytest.approx(1 / 200)
+    assert TuningConfig(iters=50).effective_minmax_lr(4) == pytest.approx(1 / 50)
+    assert TuningConfig(lr=0.01).effective_minmax_lr(2) == 0.01
+    assert TuningConfig(lr=0.01, minmax_lr=0.002).effective_minmax_lr(4) == 0.002
+    # auto-round's rule: 2/iters from 1000 iters at 3 bits or fewer (its "best" recipe at W2/W3)
+    assert TuningConfig(iters=1000).effective_lr(2) == pytest.approx(2 / 1000)
+    assert TuningConfig(iters=1000).effective_lr(3) == pytest.approx(2 / 1000)
+    assert TuningConfig(iters=1000).effective_lr(4) == pytest.approx(1 / 1000)
+    assert TuningConfig(iters=999).effective_lr(2) == pytest.approx(1 / 999)
 
 
 def test_dtype_spellings_are_normalized():

@@ -63,13 +63,21 @@ def quantize_command(ctx: typer.Context, **values: Any) -> None:
 
     check_foreign({name: values.pop(name) for name in FOREIGN})
     run = {name: values.pop(name) for name in RUN_OPTIONS}
-    job = job_from_flags(**values)
+    # Only the flags typed: a flag left at its default must not override --recipe (and sets the
+    # job's default anyway).
+    job = job_from_flags(**{name: value for name, value in values.items() if given(ctx, name)})
     if run["resume"] and job.export.force:
         raise UserError(
             "--resume and --force contradict each other (--force discards an unfinished run)",
             fix="pass --resume to continue it, or --force to start again",
         )
     run_job(job, json_output=run["json"], run_eval=run["eval"], resume=run["resume"])
+
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether flag ``name`` was on the command line (or in the environment), not defaulted."""
+    source = ctx.get_parameter_source(name)  # typer's vendored click's enum, not click's own
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def option_names(spellings: tuple[str, ...], negatives: tuple[str, ...] = ()) -> list[str]:

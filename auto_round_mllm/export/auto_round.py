@@ -41,19 +41,29 @@ TUNING_KEYS = (
     "enable_minmax_tuning",
     "enable_quanted_input",
     "scale_dtype",
+    "dynamic_max_gap",
 )
 
 
-def tuning_settings(tuning: TuningConfig, dataset: str | None) -> dict[str, Any]:
+def tuning_settings(tuning: TuningConfig, dataset: str | None, bits: int = 4) -> dict[str, Any]:
     """Tuning hyper-parameters that differ from auto-round's defaults (auto-round strips defaults)."""
-    if tuning.iters == 0:
+    if tuning.iters == 0 and not tuning.opt_rtn:
         return {"iters": 0}  # round-to-nearest: nothing else was used
+    if tuning.iters == 0:  # optimized round-to-nearest: the calibration data weighed the search
+        return {
+            "iters": 0,
+            "disable_opt_rtn": False,
+            "nsamples": tuning.nsamples,
+            "seqlen": tuning.seqlen,
+            "dataset": dataset or "embedded",
+        }
     defaults = TuningConfig()
     settings: dict[str, Any] = {
         k: getattr(tuning, k) for k in TUNING_KEYS if getattr(tuning, k) != getattr(defaults, k)
     }
-    for key, value in (("lr", tuning.effective_lr), ("minmax_lr", tuning.effective_minmax_lr)):
-        if value != 1.0 / tuning.iters:  # auto-round's default for both is 1/iters
+    default_lr = TuningConfig(iters=tuning.iters).effective_lr(bits)
+    for key, value in (("lr", tuning.effective_lr(bits)), ("minmax_lr", tuning.effective_minmax_lr(bits))):
+        if value != default_lr:  # auto-round's default for both
             settings[key] = value
     settings["dataset"] = dataset or "embedded"
     return settings
@@ -68,6 +78,9 @@ def packing_for(scheme: QuantScheme, requested: str | None) -> str:
 
 
 class AutoRoundExporter:
+    scale_storage = "float16"
+    per_layer_schemes = True
+
     def __init__(self, name: str, packing: str | None) -> None:
         self.name = name
         self.requested = packing
@@ -108,9 +121,17 @@ class AutoRoundExporter:
         }
         fp_layers = [d.name for d in data.decisions.values() if not d.quantized]
         extra = {name: {"bits": 16, "data_type": "float"} for name in both_conventions(name_for, fp_layers)}
+        for layer, own in data.own_schemes.items():  # read by auto-round's loader, vLLM and ours
+            for name in both_conventions(name_for, [layer]):
+                extra[name] = {
+                    "bits": own.bits,
+                    "group_size": own.group_size,
+                    "sym": own.sym,
+                    "data_type": own.data_type,
+                }
         if extra:
             config["extra_config"] = dict(sorted(extra.items()))
-        config.update(tuning_settings(data.job.tuning, data.job.data.dataset))
+        config.update(tuning_settings(data.job.tuning, data.job.data.dataset, scheme.bits))
         return config
 
     def write(self, data: ExportInput, folder: Path) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from auto_round_mllm.export.layouts import awq_layer_problem, pack_awq
 
 class AWQExporter:
     name = "auto_awq"
+    scale_storage = "float16"
+    per_layer_schemes = False
 
     def check(self, scheme: QuantScheme) -> None:
         if scheme.bits != 4 or scheme.data_type != "int":

@@ -42,6 +42,16 @@ class ExportInput:
     """Blocks whose tensors are on disk (meta in ``model``): read one at a time while writing."""
 
     @functools.cached_property
+    def own_schemes(self) -> dict[str, QuantScheme]:
+        """Quantized layers whose scheme is not the job's (a smaller group size where the job's
+        does not divide the width): the per-layer exceptions each format's config must carry."""
+        return {
+            name: d.scheme
+            for name, d in self.decisions.items()
+            if d.scheme is not None and d.scheme != self.job.scheme
+        }
+
+    @functools.cached_property
     def not_marlin(self) -> dict[str, str]:
         """Layers vLLM's Marlin kernels cannot take (they then run on slower GPTQ/AWQ kernels):
         found once per run, whichever Marlin formats are written."""
@@ -50,6 +60,12 @@ class ExportInput:
 
 class Exporter(Protocol):
     name: str
+    scale_storage: str | None
+    per_layer_schemes: bool
+    """Whether the format's config can give single layers their own scheme (auto_round's
+    ``extra_config``, GPTQ's ``dynamic``); AWQ's holds one for all."""
+    """The dtype this format's files store scales in (``float16``), or None when it stores no
+    scales (``fake``). Tuning must round scales to a dtype this one holds exactly."""
 
     def check(self, scheme: QuantScheme) -> None:
         """Raise IncompatibleScheme for schemes this format cannot store."""

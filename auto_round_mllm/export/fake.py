@@ -15,6 +15,8 @@ from auto_round_mllm.export.checkpoint import write_checkpoint
 
 class FakeExporter:
     name = "fake"
+    scale_storage = None
+    per_layer_schemes = True
 
     def check(self, scheme: QuantScheme) -> None:
         """Any scheme: nothing is packed."""

@@ -29,6 +29,8 @@ from auto_round_mllm.export.layouts import gptq_g_idx, gptq_layer_problem, pack_
 
 class GPTQExporter:
     name = "auto_gptq"
+    scale_storage = "float16"
+    per_layer_schemes = True
 
     def check(self, scheme: QuantScheme) -> None:
         if scheme.data_type != "int":
@@ -71,10 +73,19 @@ class GPTQExporter:
             "block_name_to_quantize": ",".join(data.block_groups),
             "modules_in_block_to_quantize": [in_block],
         }
-        if fp_layers:
-            config["dynamic"] = {
-                f"-:{re.escape(name)}$": {} for name in both_conventions(name_for, fp_layers)
-            }
+        dynamic: dict[str, dict[str, Any]] = {
+            f"-:{re.escape(name)}$": {} for name in both_conventions(name_for, fp_layers)
+        }
+        for layer, own in data.own_schemes.items():  # GPTQModel's and vLLM's per-layer overrides
+            for name in both_conventions(name_for, [layer]):
+                dynamic[f"+:{re.escape(name)}$"] = {
+                    "bits": own.bits,
+                    "group_size": own.group_size,
+                    "sym": own.sym,
+                    "desc_act": False,
+                }
+        if dynamic:
+            config["dynamic"] = dynamic
         return config
 
     def write(self, data: ExportInput, folder: Path) -> dict[str, Any]:

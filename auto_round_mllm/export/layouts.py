@@ -24,7 +24,10 @@ AWQ_INVERSE = tuple(AWQ_ORDER.index(i) for i in range(8))
 
 
 def _bias(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
-    return {} if qw.bias is None else {"bias": qw.bias.to(torch.float16)}
+    """The bias in the layer's own dtype, as every unquantized tensor is written: narrowed to fp16
+    a bf16 model's bias can overflow (|b| > 65504) or lose its small values, and loaders cast it
+    to the dtype they run in anyway."""
+    return {} if qw.bias is None else {"bias": qw.bias}
 
 
 def pack_gptq(qw: QuantizedWeight, *, zero_offset: int) -> dict[str, torch.Tensor]:

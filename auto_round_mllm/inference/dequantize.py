@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from auto_round_mllm.export.layouts import dequantize, unpack_awq, unpack_gptq
+from auto_round_mllm.inference.layer_config import layer_scheme
 
 
 def layout_of(quant_config: dict) -> tuple[str, int]:
@@ -51,7 +52,6 @@ def dequantized_state_dict(folder: Path, quant_config: dict | None) -> dict[str,
     if quant_config is None:
         return tensors
     layout, offset = layout_of(quant_config)
-    bits = int(quant_config["bits"])
     out: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         if name.endswith((".qzeros", ".scales", ".g_idx")):
@@ -64,6 +64,7 @@ def dequantized_state_dict(folder: Path, quant_config: dict | None) -> dict[str,
         if layout == "awq":
             codes, zeros, scales = unpack_awq(parts)
         else:
+            bits = layer_scheme(quant_config, prefix)["bits"]
             codes, zeros, scales = unpack_gptq(parts, bits=bits, zero_offset=offset)
         out[f"{prefix}.weight"] = dequantize(codes, zeros, scales)
     return out

@@ -22,19 +22,22 @@ from torch import nn
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from auto_round_mllm.inference.layer_config import layer_scheme
 from auto_round_mllm.inference.qlinear import PackedLayout, QuantLinear, check_backend, set_backend
 
 METHODS = ("auto-round", "awq", "gptq")
 
 
-def layout_for(config: dict[str, Any]) -> PackedLayout:
+def layout_for(config: dict[str, Any], name: str) -> PackedLayout:
+    """How layer ``name`` is packed: the format's layout with the layer's own scheme."""
     from auto_round_mllm.inference.dequantize import layout_of
 
     kind, offset = layout_of(config)
+    scheme = layer_scheme(config, name)
     return PackedLayout(
         kind=kind,
-        bits=int(config["bits"]),
-        group_size=int(config["group_size"]),
+        bits=scheme["bits"],
+        group_size=scheme["group_size"],
         zero_offset=offset,
         has_g_idx=config.get("quant_method") == "gptq",
     )
@@ -76,9 +79,9 @@ def quantized_linear_names(model: nn.Module, config: dict[str, Any]) -> list[str
 
 
 def replace_linears(model: nn.Module, config: dict[str, Any]) -> int:
-    layout = layout_for(config)
     names = quantized_linear_names(model, config)
     for name in names:
+        layout = layout_for(config, name)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = getattr(parent, child)

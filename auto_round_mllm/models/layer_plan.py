@@ -26,6 +26,9 @@ class LayerDecision:
     out_features: int
     scheme: QuantScheme | None
     reason: str | None = None
+    """Why the layer stays in 16 bit (None when it is quantized)."""
+    note: str | None = None
+    """Why a quantized layer's scheme differs from the job's (a smaller group size)."""
 
     @property
     def quantized(self) -> bool:
@@ -39,33 +42,71 @@ def plan_layers(
     *,
     keep_patterns: tuple[str, ...],
     checks: list[LayerCheck],
+    group_size_fallback: bool = True,
 ) -> dict[str, LayerDecision]:
-    """A decision for every Linear inside the chosen blocks, keyed by full module name."""
+    """A decision for every Linear inside the chosen blocks, keyed by full module name.
+
+    A layer whose width ``scheme.group_size`` does not divide takes the largest smaller group size
+    that does (:meth:`QuantScheme.fitted`) when ``group_size_fallback`` is set and every check
+    accepts it (a format that stores one group size for all layers does not); else it stays in 16
+    bit, as auto-round's loaders would need it to (auto-round pads such layers instead, into a
+    checkpoint its own loader cannot read)."""
     modules = dict(model.named_modules())
     decisions: dict[str, LayerDecision] = {}
     for block_name in block_names:
         for rel_name, layer in modules[block_name].named_modules():
-            if not isinstance(layer, nn.Linear):
-                continue
-            name = f"{block_name}.{rel_name}"
-            reason = None
-            if matches_any(name, keep_patterns):
-                reason = "kept in 16 bit by --fp_layers or the model family"
-            elif not scheme.fits(layer.in_features):
-                reason = (
-                    f"in_features {layer.in_features} is not a multiple of group_size {scheme.group_size}"
+            if isinstance(layer, nn.Linear):
+                name = f"{block_name}.{rel_name}"
+                decisions[name] = _decide(
+                    name, block_name, layer, scheme, keep_patterns, checks, group_size_fallback
                 )
-            else:
-                reason = next((r for r in (check(layer, scheme) for check in checks) if r), None)
-            decisions[name] = LayerDecision(
-                name=name,
-                block=block_name,
-                in_features=layer.in_features,
-                out_features=layer.out_features,
-                scheme=None if reason else scheme,
-                reason=reason,
-            )
     return decisions
+
+
+def _decide(
+    name: str,
+    block: str,
+    layer: nn.Linear,
+    scheme: QuantScheme,
+    keep_patterns: tuple[str, ...],
+    checks: list[LayerCheck],
+    group_size_fallback: bool,
+) -> LayerDecision:
+    def decision(chosen: QuantScheme | None, reason: str | None = None, note: str | None = None):
+        return LayerDecision(name, block, layer.in_features, layer.out_features, chosen, reason, note)
+
+    def problem(candidate: QuantScheme) -> str | None:
+        return next((r for r in (check(layer, candidate) for check in checks) if r), None)
+
+    if matches_any(name, keep_patterns):
+        return decision(None, "kept in 16 bit by --fp_layers or the model family")
+    if scheme.fits(layer.in_features):
+        reason = problem(scheme)
+        return decision(None if reason else scheme, reason)
+    misfit = f"in_features {layer.in_features} is not a multiple of group_size {scheme.group_size}"
+    fitted = scheme.fitted(layer.in_features)
+    if fitted is None:
+        return decision(None, f"{misfit}, nor of 32")
+    if not group_size_fallback:
+        return decision(None, f"{misfit} (--disable_group_size_fallback)")
+    reason = problem(fitted)
+    if reason:
+        return decision(None, f"{misfit}; group_size {fitted.group_size} would fit, but {reason}")
+    return decision(fitted, note=f"group_size {fitted.group_size}: {misfit}")
+
+
+def one_scheme_check(default: QuantScheme, formats: list[str]) -> LayerCheck:
+    """A check for formats whose config holds one scheme for every layer (AWQ): any other scheme
+    (a smaller group size) is a layer they cannot store."""
+
+    def check(layer: nn.Linear, scheme: QuantScheme) -> str | None:
+        if scheme == default:
+            return None
+        return (
+            f"{' and '.join(formats)} store{'s' if len(formats) == 1 else ''} one group size for every layer"
+        )
+
+    return check
 
 
 def scheme_lookup(
@@ -81,13 +122,14 @@ def scheme_lookup(
 
 
 def check_something_quantizes(decisions: dict[str, LayerDecision], scheme: QuantScheme) -> None:
-    """A run that would quantize no layer is a mistake in the flags, not a success to report."""
-    if any(d.quantized for d in decisions.values()):
+    """A run that would quantize no layer, or none with the group size asked for (every layer on a
+    fallback size: a typo, not a few odd widths), is a mistake in the flags, not a success to report."""
+    if any(d.quantized and d.note is None for d in decisions.values()):
         return
     if not decisions:
         raise UserError("the chosen blocks hold no Linear layer", fix="check --to_quant_block_names")
     first = next(iter(decisions.values()))
-    if "group_size" in (first.reason or ""):
+    if any(d.quantized for d in decisions.values()) or "group_size" in (first.reason or ""):
         widths = sorted({d.in_features for d in decisions.values()})
         raise UserError(
             f"group_size={scheme.group_size} fits no layer: no in_features "

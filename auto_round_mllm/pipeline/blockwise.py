@@ -47,6 +47,8 @@ class BlockReport:
     final_loss: float | None = None
     """Full-calibration-set MSE of the block with the tuned weights."""
     best_iter: int | None = None
+    steps: int | None = None
+    """Tuning steps run: ``--iters``, or fewer where ``--dynamic_max_gap`` stopped the block."""
     seconds: float = 0.0
     peak_device_gb: float | None = None
 
@@ -341,6 +343,7 @@ class BlockLoop:
             outcome = self.tuner.tune_block(block, wrapped, ctx)
             report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss
             report.best_iter = outcome.best_iter
+            report.steps = outcome.iters
         qweights = {rel: qw.to("cpu") for rel, qw in unwrap_linears(block, wrapped, write_back=True).items()}
         if ctx is not None and streams is not None and targets is not None:
             quantized_out = self.run_all(block, ctx.inputs)

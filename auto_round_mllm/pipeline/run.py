@@ -196,6 +196,7 @@ def setup_run(
         job.scheme,
         keep_patterns=tuple(job.fp_layers) + tuple(loaded.family.ignore),
         checks=layer_checks,
+        group_size_fallback=job.group_size_fallback,
     )
     check_something_quantizes(decisions, job.scheme)
     calibration = build_calibration(job, loaded, plan, tuner)

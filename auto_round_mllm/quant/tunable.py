@@ -139,9 +139,20 @@ class TunableLinear(nn.Module):
             scale_dtype=self.scale_dtype,
         )
 
+    @torch.no_grad()
+    def clamp_multipliers(self) -> None:
+        """Clamp the stored clipping multipliers to [0, 1] in place, as auto-round does before
+        every forward. The quantizer clamps inside the graph too, but a multiplier a sign step
+        left at 1.02 would get a zero gradient there and stay frozen for the rest of the block;
+        clamped back to 1 it gets a gradient again and can come back down."""
+        if self.enable_minmax_tuning:
+            self.min_scale.clamp_(0, 1)
+            self.max_scale.clamp_(0, 1)
+
     def qdq_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Fake-quantized weight ``[out, in]`` (computed in fp32, returned in ``dtype``),
         differentiable w.r.t. v and the min/max scales."""
+        self.clamp_multipliers()
         return self.kernel(
             self.weight_groups,
             self.wmin,
@@ -174,11 +185,13 @@ class TunableLinear(nn.Module):
         return [self.min_scale, self.max_scale]
 
     def snapshot(self) -> dict[str, Tensor]:
-        """Detached copies of the tunables, for keeping the best-loss state during tuning."""
+        """Detached copies of the tunables as the next forward uses them (multipliers clamped, on
+        the copies: the stored ones may be saved for a backward still to come), for keeping the
+        best-loss state during tuning."""
         return {
             "v": self.v.detach().clone(),
-            "min_scale": self.min_scale.detach().clone(),
-            "max_scale": self.max_scale.detach().clone(),
+            "min_scale": self.min_scale.detach().clamp(0, 1),
+            "max_scale": self.max_scale.detach().clamp(0, 1),
         }
 
     @torch.no_grad()
@@ -211,6 +224,7 @@ class TunableLinear(nn.Module):
     @torch.no_grad()
     def finalize(self) -> QuantizedWeight:
         """Freeze the current parameters into codes; ``finalize().dequantize() == qdq_weight()`` exactly."""
+        self.clamp_multipliers()
         scale, zp = self._qparams()
         codes = to_codes(self.weight_groups.float(), scale, zp, self.bits, self.v)
         groups_per_row = self.in_features // self.group_size

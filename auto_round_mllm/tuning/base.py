@@ -84,5 +84,6 @@ def register_tuner(name: str) -> Callable[[TunerFactory], TunerFactory]:
 
 
 def tuner_for(config: TuningConfig) -> Tuner:
-    """SignRound for ``iters > 0``, round-to-nearest for ``iters == 0`` (auto-round's rule)."""
-    return TUNERS.get("signround" if config.iters > 0 else "rtn")(config)
+    """SignRound for ``iters > 0``, round-to-nearest for ``iters == 0`` (auto-round's rule); with
+    ``opt_rtn`` SignRound's start alone (the weighted clipping search, no steps)."""
+    return TUNERS.get("signround" if config.iters > 0 or config.opt_rtn else "rtn")(config)

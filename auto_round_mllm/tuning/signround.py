@@ -167,6 +167,8 @@ class SignRoundTuner:
                 layer.start_from_best_clipping(stats.get(name))
         sampler = CyclicBatchSampler(ctx.inputs.shape_buckets(), cfg.batch_size, ctx.seed)
         outcome = TuneOutcome(iters=cfg.iters)
+        bits = min(layer.bits for layer in wrapped.values())
+        lr, minmax_lr = cfg.effective_lr(bits), cfg.effective_minmax_lr(bits)
         best_loss, best_state = math.inf, None
         for step in range(cfg.iters):
             decay = 1.0 - step / cfg.iters
@@ -197,8 +199,11 @@ class SignRoundTuner:
                 # --not_use_best_mse keeps the last step that was evaluated, as auto-round does: the
                 # update below would otherwise be kept without ever having been run
                 best_state = {name: layer.snapshot() for name, layer in wrapped.items()}
-            sign_step(round_params, cfg.effective_lr * decay)
-            sign_step(minmax_params, cfg.effective_minmax_lr * decay)
+            if cfg.stops_early and step - (outcome.best_iter or 0) >= cfg.dynamic_max_gap:
+                outcome.iters = step + 1  # auto-round's dynamic_max_gap: no better step for that long
+                break
+            sign_step(round_params, lr * decay)
+            sign_step(minmax_params, minmax_lr * decay)
             if ctx.on_step is not None:
                 ctx.on_step(step)
         outcome.best_loss = best_loss if outcome.best_iter is not None else None

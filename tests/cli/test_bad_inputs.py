@@ -262,6 +262,11 @@ CASES = [
     Case("batch-size-zero", with_model("--batch_size", "0"), "batch_size=0 must be > 0"),
     Case("max-missing-images-not-a-fraction", with_model("--max_missing_images", "2"), "is not a fraction"),
     Case("scale-dtype-unknown", with_model("--scale_dtype", "int8"), "--scale_dtype 'int8'"),
+    Case(
+        "scale-dtype-the-format-cannot-store",
+        with_model("--scale_dtype", "fp32"),
+        "--scale_dtype float32 cannot be stored by --format auto_round",
+    ),
     Case("blocks-match-nothing", with_model("--to_quant_block_names", "nothing_like_this"), "matches no block"),
     Case("device-unknown", with_model("--device", "tpu"), "--device 'tpu' is not understood"),
     Case("device-absent", with_model("--device", "cuda:0"), "not available on this machine"),

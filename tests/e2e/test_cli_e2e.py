@@ -141,14 +141,22 @@ def test_image_text_calibration_with_a_user_template(family, tiny_models, tmp_pa
 
 def test_vision_layers_that_do_not_fit_are_listed_not_skipped_silently(tiny_qwen2_vl, tmp_path, capsys):
     """Qwen2-VL's vision blocks are 128 wide: with group size 256 their attention and fc1 layers
-    cannot be grouped, and the summary says so for each."""
+    take group size 128, and the summary says so for each; with --disable_group_size_fallback
+    they stay in 16 bit, each with its reason."""
     args = ["--model", str(tiny_qwen2_vl), "--quant_nontext_module", "--group_size", "256", "--iters", "0"]
-    code, out, err = run_in_process([*args, "--output_dir", str(tmp_path), "--json"], capsys)
+    code, out, err = run_in_process([*args, "--output_dir", str(tmp_path / "a"), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    smaller = {name: why for name, why in report["own_group_size"].items() if ".visual." in name}
+    assert smaller and all(why.startswith("group_size 128: in_features 128") for why in smaller.values())
+    assert not report["skipped_layers"] and not any(".language_model." in name for name in smaller)
+
+    strict = [*args, "--disable_group_size_fallback", "--output_dir", str(tmp_path / "b"), "--json"]
+    code, out, err = run_in_process(strict, capsys)
     assert code == 0, err
     skipped = json.loads(out)["skipped_layers"]
-    vision = {name: why for name, why in skipped.items() if ".visual." in name}
-    assert vision and all("not a multiple of group_size 256" in why for why in vision.values())
-    assert not any(".language_model." in name for name in skipped)
+    assert set(skipped) == set(smaller)
+    assert all("not a multiple of group_size 256" in why for why in skipped.values())
 
 
 def test_several_formats_at_once_and_the_marlin_report(tiny_qwen2_vl, tmp_path, capsys):

@@ -82,7 +82,9 @@ def test_gptq_v1_tensors_for_symmetric_4bit(tiny_qwen2_vl, tmp_path):
     assert qweight.dtype == torch.int32 and qweight.shape == (768 * 4 // 32, 256)
     assert qzeros.dtype == torch.int32 and qzeros.shape == (768 // 128, 256 * 4 // 32)
     assert scales.dtype == torch.float16 and scales.shape == (768 // 128, 256)
-    assert bias.dtype == torch.float16
+    with safe_open(str(tiny_qwen2_vl / "model.safetensors"), framework="pt") as handle:
+        source_bias = handle.get_tensor("model.layers.0.self_attn.q_proj.bias")
+    assert bias.dtype == source_bias.dtype  # in the layer's own dtype: never narrowed
     assert (qzeros == 0x77777777).all()  # real zero 8 stored minus one
     assert torch.equal(unpack_cols(qzeros, 4), torch.full((6, 256), 7, dtype=torch.int32))
     assert (scales < 0).any() and (scales > 0).any()  # full-range symmetric picks the sign per group

@@ -76,3 +76,12 @@ def test_marlin_constraints():
     assert "2-bit" in marlin_problem(random_qweight(2))
     assert "out_features 96" in marlin_problem(random_qweight(4, out=96))
     assert "in_features 96" in marlin_problem(random_qweight(4, inp=96))
+
+
+@pytest.mark.parametrize("pack", [lambda qw: pack_gptq(qw, zero_offset=0), pack_awq])
+def test_a_bf16_bias_is_written_in_bf16_not_narrowed_to_an_overflowing_fp16(pack):
+    qw = random_qweight(4, sym=False)
+    qw.bias = torch.tensor([1.0e5, -3.0e5, 1.0e-6] + [0.5] * 61, dtype=torch.bfloat16)
+    written = pack(qw)["bias"]
+    assert written.dtype == torch.bfloat16 and torch.equal(written, qw.bias)
+    assert torch.isfinite(written).all()

@@ -217,3 +217,43 @@ def test_sign_sgd_reduces_output_mse(bits: int, minmax: bool) -> None:
     with torch.no_grad():
         assert loss().item() == pytest.approx(best)
     assert best < 0.97 * initial
+
+
+def test_a_multiplier_stepped_past_one_comes_back_below_one() -> None:
+    """A sign step that leaves a clipping multiplier above 1 must not freeze it: the stored value is
+    clamped back to 1 before the next forward, where it gets a gradient and can move down again."""
+    from auto_round_mllm.tuning.signround import sign_step
+
+    layer = _seeded_linear(bias=False)
+    tunable = TunableLinear(layer, QuantScheme(bits=2, group_size=32, sym=False))
+    with torch.no_grad():
+        tunable.max_scale.fill_(1.05)  # as a sign step of lr 0.05 from 1 would leave it
+        tunable.min_scale.fill_(1.05)
+    x = torch.randn(16, 128, generator=torch.Generator().manual_seed(3))
+    target = F.linear(x, layer.weight.detach())
+    for _ in range(3):  # at 2 bits the full range is too coarse: the loss wants the range shrunk
+        loss = (tunable(x) - target).pow(2).mean()
+        loss.backward()
+        assert tunable.max_scale.grad is not None and tunable.max_scale.grad.abs().sum() > 0
+        sign_step(tunable.minmax_parameters(), 0.05)
+    assert bool((tunable.max_scale < 1).any()) and bool((tunable.min_scale < 1).any())
+    tunable.clamp_multipliers()
+    assert float(tunable.max_scale.max()) <= 1.0 and float(tunable.min_scale.min()) >= 0.0
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sym", [True, False])
+def test_the_fp16_scales_a_checkpoint_stores_give_exactly_the_tuned_weight(scale_dtype, sym) -> None:
+    """Packed formats store fp16 scales. Tuned with bf16 scales, the stored fp16 value (and the zero
+    point computed from the tuned scale) must still dequantize to the tuned weight, also for groups
+    so small that their scale sits at the floor."""
+    from auto_round_mllm.export.layouts import dequantize, pack_gptq, unpack_gptq
+
+    layer = _seeded_linear(bias=False)
+    with torch.no_grad():  # rows of ever smaller magnitude, down to scales below fp16's normals
+        layer.weight.mul_(torch.logspace(0, -6, 64)[:, None])
+    tunable = TunableLinear(layer, QuantScheme(bits=4, group_size=32, sym=sym), scale_dtype=scale_dtype)
+    _perturb(tunable)
+    tuned = tunable.qdq_weight()
+    codes, zeros, scales = unpack_gptq(pack_gptq(tunable.finalize(), zero_offset=0), bits=4, zero_offset=0)
+    assert torch.equal(dequantize(codes, zeros, scales), tuned)

@@ -259,3 +259,30 @@ def test_the_pipeline_records_the_clipping_statistics_in_its_rtn_pass(monkeypatc
         model.state_dict().items(), separate_model.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_dynamic_max_gap_stops_a_block_that_stopped_improving():
+    """With a learning rate far too large the best step is the first: a gap of 3 stops each block
+    after step 3 with the first step's parameters, which a full run keeps too."""
+    full = run(TuningConfig(iters=12, batch_size=4, lr=3.0, clip_search=False))[1]
+    early = run(TuningConfig(iters=12, batch_size=4, lr=3.0, clip_search=False, dynamic_max_gap=3))[1]
+    assert [b.steps for b in full.blocks] == [12, 12]
+    assert [b.steps for b in early.blocks] == [4, 4]
+    assert [b.best_iter for b in early.blocks] == [0, 0]
+    for name, qw in full.qweights.items():
+        assert torch.equal(qw.codes, early.qweights[name].codes)
+    # never with --not_use_best_mse (auto-round's rule), and never while the loss keeps improving
+    last = run(TuningConfig(iters=12, batch_size=4, lr=3.0, use_best_mse=False, dynamic_max_gap=3))[1]
+    assert [b.steps for b in last.blocks] == [12, 12]
+
+
+def test_optimized_rtn_is_the_weighted_clipping_search_without_steps():
+    """On independent input channels the search's diagonal weighting is the layer's true output
+    error, so each block's loss must drop below plain RTN's on the same data."""
+    rtn = run(TuningConfig(iters=0), model_class=UncorrelatedToyModel)[1]
+    opt = run(TuningConfig(iters=0, opt_rtn=True), model_class=UncorrelatedToyModel)[1]
+    assert all(b.steps == 0 and b.best_iter is None for b in opt.blocks)
+    assert all(b.final_loss < b.rtn_loss for b in opt.blocks)  # the same data's plain-RTN loss
+    assert any(not torch.equal(qw.scale, rtn.qweights[name].scale) for name, qw in opt.qweights.items())
+    with pytest.raises(Exception, match="--enable_opt_rtn"):
+        TuningConfig(iters=0, opt_rtn=True, clip_search=False)

@@ -1,0 +1,56 @@
+"""One packed layer's own bits, group size and symmetry, as a checkpoint's config gives them.
+
+A config states one scheme for the model and per-layer exceptions on top: auto-round's
+``extra_config`` (keyed by module name, or by a regular expression, as auto-round and vLLM read it)
+and GPTQModel's ``dynamic`` (``+:regex`` overrides, ``-:regex`` exclusions, as GPTQModel and vLLM
+read it). Our exporters write exceptions for layers whose width the group size does not divide (and
+for per-layer schemes); every reader of our checkpoints looks them up here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+SCHEME_KEYS = ("bits", "group_size", "sym")
+REGEX_CHARACTERS = set("*+?^$()[]{}|\\")
+
+
+def layer_scheme(quant_config: dict[str, Any], name: str) -> dict[str, Any]:
+    """``{"bits", "group_size", "sym"}`` of layer ``name``: the config's own, with the layer's
+    exception (if any) over them."""
+    scheme = {
+        "bits": int(quant_config["bits"]),
+        "group_size": int(quant_config["group_size"]),
+        "sym": bool(quant_config.get("sym", True)),
+    }
+    method = quant_config.get("quant_method")
+    if method == "auto-round":
+        entry = _extra_config_entry(quant_config.get("extra_config") or {}, name)
+    elif method == "gptq":
+        entry = _dynamic_entry(quant_config.get("dynamic") or {}, name)
+    else:
+        entry = {}
+    for key in SCHEME_KEYS:
+        if key in entry:
+            scheme[key] = bool(entry[key]) if key == "sym" else int(entry[key])
+    return scheme
+
+
+def _extra_config_entry(extra: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    if name in extra:
+        return extra[name]
+    for pattern, entry in extra.items():
+        if set(pattern) & REGEX_CHARACTERS and re.search(pattern, name):
+            return entry
+    return {}
+
+
+def _dynamic_entry(dynamic: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    for key, entry in dynamic.items():
+        if key.startswith("-:"):
+            continue
+        pattern = key[2:] if key.startswith("+:") else key
+        if re.match(pattern, name):
+            return entry
+    return {}
