@@ -157,6 +157,10 @@ class TuningConfig:
     opt_rtn: bool = False
     """With ``iters=0``: round-to-nearest from the clipping search weighted by the calibration
     inputs (auto-round's optimized RTN), instead of plain round-to-nearest from the full range."""
+    enable_adam: bool = False
+    """AdamW (no weight decay) on the same parameters instead of signed gradient steps."""
+    momentum: float = 0.0
+    """Momentum of the sign steps: each step takes the sign of a running sum of gradients."""
     dynamic_max_gap: int = -1
     """Stop a block's tuning when the best loss has not improved for this many steps (auto-round's
     ``dynamic_max_gap``; -1 or 0: never)."""
@@ -179,6 +183,16 @@ class TuningConfig:
                 "leave it unset to follow lr",
             ),
         ]
+        checks.append(
+            (0.0 <= self.momentum < 1.0, f"momentum={self.momentum} must be in [0, 1)", "use e.g. 0.9, or 0")
+        )
+        checks.append(
+            (
+                not (self.enable_adam and self.momentum),
+                "--momentum moves the sign steps; --enable_adam replaces them with AdamW, which has its own",
+                "drop one of them",
+            )
+        )
         checks.append(
             (
                 not self.opt_rtn or (self.clip_search and self.enable_minmax_tuning),

@@ -194,6 +194,17 @@ FLAGS: tuple[Flag, ...] = (
         "(auto-round's optimized RTN) instead of plain round-to-nearest.",
         negative=("disable_opt_rtn",),
     ),
+    _switch(
+        "enable_adam", "tuning.enable_adam", True,
+        "Tune the same parameters with AdamW (no weight decay, the same decaying learning rate) "
+        "instead of signed gradient steps.",
+        aliases=("adam",), negative=("no-enable_adam",),
+    ),
+    Flag(
+        "momentum", float, 0.0,
+        "Momentum of the sign steps: each step takes the sign of a running sum of gradients.",
+        target="tuning.momentum",
+    ),
     Flag(
         "dynamic_max_gap", int, -1,
         "Stop a block's tuning when the best loss has not improved for this many steps (-1: never).",

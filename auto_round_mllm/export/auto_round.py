@@ -42,6 +42,8 @@ TUNING_KEYS = (
     "enable_quanted_input",
     "scale_dtype",
     "dynamic_max_gap",
+    "enable_adam",
+    "momentum",
 )
 
 

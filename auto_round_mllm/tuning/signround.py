@@ -70,6 +70,40 @@ def sign_step(params: list[torch.Tensor], lr: float) -> None:
         p.grad = None
 
 
+class ParameterSteps:
+    """How SignRound moves its parameters: auto-round's signed gradient descent (optionally with
+    momentum: the sign of a running sum of gradients, as its SignSGD takes it), or AdamW with
+    auto-round's ``enable_adam`` settings (no weight decay). Either way the learning rate decays
+    linearly to 0 over the block's iters."""
+
+    def __init__(self, params: list[torch.Tensor], *, momentum: float = 0.0, adam: bool = False) -> None:
+        self.params = params
+        self.momentum = momentum
+        self.buffers: dict[int, torch.Tensor] = {}
+        self.adam = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0) if adam and params else None
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        if self.adam is not None:
+            for group in self.adam.param_groups:
+                group["lr"] = lr
+            self.adam.step()
+            self.adam.zero_grad(set_to_none=True)
+        elif self.momentum:
+            for p in self.params:
+                if p.grad is None:
+                    continue
+                buffer = self.buffers.get(id(p))
+                if buffer is None:
+                    self.buffers[id(p)] = buffer = p.grad.detach().clone()
+                else:
+                    buffer.mul_(self.momentum).add_(p.grad)
+                p.add_(buffer.sign(), alpha=-lr)
+                p.grad = None
+        else:
+            sign_step(self.params, lr)
+
+
 class InputMeanSquares:
     """Forward pre-hooks that accumulate each wrapped layer's input mean square per column,
     padding positions left out: the importance weights of the clipping search.
@@ -169,6 +203,10 @@ class SignRoundTuner:
         outcome = TuneOutcome(iters=cfg.iters)
         bits = min(layer.bits for layer in wrapped.values())
         lr, minmax_lr = cfg.effective_lr(bits), cfg.effective_minmax_lr(bits)
+        steps = {
+            kind: ParameterSteps(params, momentum=cfg.momentum, adam=cfg.enable_adam)
+            for kind, params in (("round", round_params), ("minmax", minmax_params))
+        }
         best_loss, best_state = math.inf, None
         for step in range(cfg.iters):
             decay = 1.0 - step / cfg.iters
@@ -202,8 +240,8 @@ class SignRoundTuner:
             if cfg.stops_early and step - (outcome.best_iter or 0) >= cfg.dynamic_max_gap:
                 outcome.iters = step + 1  # auto-round's dynamic_max_gap: no better step for that long
                 break
-            sign_step(round_params, lr * decay)
-            sign_step(minmax_params, minmax_lr * decay)
+            steps["round"].step(lr * decay)
+            steps["minmax"].step(minmax_lr * decay)
             if ctx.on_step is not None:
                 ctx.on_step(step)
         outcome.best_loss = best_loss if outcome.best_iter is not None else None

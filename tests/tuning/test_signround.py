@@ -286,3 +286,42 @@ def test_optimized_rtn_is_the_weighted_clipping_search_without_steps():
     assert any(not torch.equal(qw.scale, rtn.qweights[name].scale) for name, qw in opt.qweights.items())
     with pytest.raises(Exception, match="--enable_opt_rtn"):
         TuningConfig(iters=0, opt_rtn=True, clip_search=False)
+
+
+def test_momentum_steps_take_the_sign_of_the_running_sum_of_gradients():
+    """auto-round's SignSGD: buffer = grad at first, then momentum * buffer + grad; p -= lr * sign(buffer)."""
+    from auto_round_mllm.tuning.signround import ParameterSteps
+
+    p = torch.zeros(3, requires_grad=True)
+    steps = ParameterSteps([p], momentum=0.9)
+    for grad in ([1.0, -1.0, 1.0], [-0.5, -1.0, -2.0]):
+        p.grad = torch.tensor(grad)
+        steps.step(0.1)
+        assert p.grad is None
+    # buffers: [1, -1, 1] then [0.4, -1.9, -1.1]: signs [+, -, -] on the second step
+    assert torch.allclose(p.detach(), torch.tensor([-0.2, 0.2, 0.0]))
+    plain = torch.zeros(3, requires_grad=True)
+    plain_steps = ParameterSteps([plain])
+    for grad in ([1.0, -1.0, 1.0], [-0.5, -1.0, -2.0]):
+        plain.grad = torch.tensor(grad)
+        plain_steps.step(0.1)
+    assert torch.allclose(plain.detach(), torch.tensor([0.0, 0.2, 0.0]))
+
+
+@pytest.mark.parametrize("options", [{"enable_adam": True}, {"momentum": 0.5}], ids=["adam", "momentum"])
+def test_adam_and_momentum_tune_the_same_parameters_and_beat_rtn(options):
+    config = TuningConfig(iters=20, batch_size=4, clip_search=False, **options)
+    tuned = run(config)[1]
+    sign = run(TuningConfig(iters=20, batch_size=4, clip_search=False))[1]
+    for block in tuned.blocks:
+        assert block.final_loss < block.rtn_loss
+    assert any(
+        not torch.equal(qw.codes, sign.qweights[name].codes) for name, qw in tuned.qweights.items()
+    )  # a different optimizer, not the sign steps under another name
+
+
+def test_adam_with_momentum_is_refused():
+    from auto_round_mllm.errors import UserError
+
+    with pytest.raises(UserError, match="--enable_adam replaces them with AdamW"):
+        TuningConfig(enable_adam=True, momentum=0.9)
