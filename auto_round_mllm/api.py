@@ -12,6 +12,7 @@ auto-round's Python front end; both run the same steps:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -44,7 +45,9 @@ def layer_checks(job: QuantJob) -> list[LayerCheck]:
     """Which Linears the job's formats cannot store: each format's own check, and for formats
     with one scheme for all layers, any layer whose scheme differs from the job's."""
     exporters = {fmt: EXPORTERS.get(fmt) for fmt in job.export.formats}
-    checks: list[LayerCheck] = [exporter.layer_problem for exporter in exporters.values()]
+    checks: list[LayerCheck] = [
+        functools.partial(exporter.layer_problem, job_scheme=job.scheme) for exporter in exporters.values()
+    ]
     single = [fmt for fmt, exporter in exporters.items() if not exporter.per_layer_schemes]
     if single:
         checks.append(one_scheme_check(job.scheme, single))

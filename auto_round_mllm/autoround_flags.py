@@ -123,7 +123,6 @@ FOREIGN_FLAGS: tuple[ForeignFlag, ...] = (
              aliases=("target_bits",), status=NOT_YET),
     _refused("options", str, None, "AutoScheme options", ONE_SCHEME, aliases=("option",), status=NOT_YET),
     _refused("ignore_scale_zp_bits", bool, False, "AutoScheme's bit accounting", ONE_SCHEME, status=NOT_YET),
-    _refused("layer_config", str, None, "per-layer schemes", ONE_SCHEME, status=NOT_YET),
     _refused("shared_layers", str, None, "layers sharing one data type", ONE_SCHEME, status=NOT_YET),
     _refused("static_kv_dtype", str, None, "KV-cache quantization", "leave it out: the KV cache stays in 16 bit"),
     _refused("static_kv_granularity", str, "tensor", "KV-cache quantization",

@@ -337,6 +337,8 @@ class QuantJob:
     group_size_fallback: bool = True
     """A layer whose width the group size does not divide is quantized with the largest group size
     of 128/64/32 that divides it (listed in the summary); off, it stays in 16 bit."""
+    layer_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-layer schemes by name or pattern (auto_round_mllm/layer_config.py), normalized."""
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self) -> None:

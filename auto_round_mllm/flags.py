@@ -31,6 +31,7 @@ from auto_round_mllm.config import (
     split_list,
 )
 from auto_round_mllm.errors import UserError
+from auto_round_mllm.layer_config import parse_layer_config
 
 _UNSET: Any = object()
 
@@ -127,6 +128,13 @@ FLAGS: tuple[Flag, ...] = (
         doc="Input channels per scale: -1 (per channel), 32, 64, 128 or any divisor of in_features; "
         "a layer whose width it does not divide takes the largest of 128, 64, 32 that does "
         "(see [Group sizes](#group-sizes))",
+    ),
+    Flag(
+        "layer_config", str, None,
+        "Per-layer schemes: JSON text or a JSON file mapping a layer name or pattern to a preset "
+        "(W8A16) or to bits/group_size/sym/data_type/scheme; bits 16 keeps the layer in 16 bit.",
+        target="layer_config", convert=parse_layer_config, shown_default="none",
+        doc="Per-layer schemes, as auto-round reads them (see [Per-layer schemes](#per-layer-schemes))",
     ),
     _switch(
         "disable_group_size_fallback", "group_size_fallback", False,

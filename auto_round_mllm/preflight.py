@@ -23,6 +23,7 @@ from auto_round_mllm.errors import UserError
 from auto_round_mllm.export import EXPORTERS
 from auto_round_mllm.export.outputs import format_dirs, output_root
 from auto_round_mllm.export.writer import check_output_dir
+from auto_round_mllm.layer_config import check_layer_config
 from auto_round_mllm.models.architecture import model_skeleton
 from auto_round_mllm.models.family import ModelFamily, family_for_model_type, select_blocks
 from auto_round_mllm.models.loading import LoadedModel, read_config, resolve_model_dir
@@ -73,6 +74,7 @@ def check_job(job: QuantJob) -> Devices:
     spread = parse_device_map(job.memory.device_map)
     if job.memory.cache_dir is not None:
         check_cache_dir(Path(job.memory.cache_dir))
+    check_layer_config(job.layer_config, job.scheme)
     for fmt in job.export.formats:
         exporter = EXPORTERS.get(fmt)
         exporter.check(job.scheme)

@@ -23,8 +23,8 @@ class QuantResult:
     outputs: dict[str, str] = field(default_factory=dict)
     blocks: list[BlockReport] = field(default_factory=list)
     skipped_layers: dict[str, str] = field(default_factory=dict)
-    own_group_size: dict[str, str] = field(default_factory=dict)
-    """Layers quantized with a smaller group size than asked for, and why."""
+    own_schemes: dict[str, str] = field(default_factory=dict)
+    """Layers quantized with a scheme of their own (--layer_config, a smaller group size), and why."""
     quantized_layers: int = 0
     calibration: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
@@ -105,7 +105,7 @@ def summarize(
         job=job,
         blocks=tuned.blocks,
         skipped_layers={d.name: d.reason or "" for d in tuned.decisions.values() if not d.quantized},
-        own_group_size={d.name: d.note for d in tuned.decisions.values() if d.quantized and d.note},
+        own_schemes={d.name: d.note for d in tuned.decisions.values() if d.quantized and d.note},
         quantized_layers=len(tuned.qweights),
         calibration=calibration_facts(tuned),
         device=tuned.device,

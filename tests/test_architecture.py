@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "auto_round_mllm"
 # a rank are peers and may not import each other (tuners choose values, exporters store them).
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "foundation", ("_version", "errors", "registry", "utils")),
-    (1, "configuration", ("config", "flags", "autoround_flags")),
+    (1, "configuration", ("config", "flags", "autoround_flags", "layer_config")),
     (2, "quant", ("quant",)),
     (3, "models", ("models",)),
     (4, "data", ("data",)),

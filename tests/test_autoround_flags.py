@@ -73,17 +73,17 @@ def test_defaults_pass_and_other_values_are_refused_with_the_fix(flag):
 
 
 def test_values_that_ask_for_our_behaviour_are_accepted():
-    check_foreign({"act_bits": 16, "platform": "hf", "algorithm": "auto_round", "momentum": 0, "nblocks": 1})
-    check_foreign({"mllm": True, "disable_opt_rtn": True, "disable_model_free": True})
+    check_foreign({"act_bits": 16, "platform": "hf", "algorithm": "auto_round", "nblocks": 1})
+    check_foreign({"mllm": True, "disable_model_free": True})
     with pytest.raises(UserError, match="--nblocks 2: tuning several blocks jointly is not built yet"):
         check_foreign({"nblocks": 2})
 
 
 def test_the_command_refuses_before_anything_is_read(tmp_path, capsys):
     out = tmp_path / "out"
-    code = run(["--model", str(tmp_path / "no-model"), "--enable_adam", "--output_dir", str(out)])
+    code = run(["--model", str(tmp_path / "no-model"), "--enable_norm_bias_tuning", "--output_dir", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and "--enable_adam: Adam instead of sign steps is not built yet" in err
+    assert code == 2 and "--enable_norm_bias_tuning: tuning norms and biases is not built yet" in err
     assert "Traceback" not in err and not out.exists()
     code = run(["--model", str(tmp_path / "no-model"), "--no-quant_lm_head", "--mllm", "--act_bits", "16"])
     assert code == 2 and "does not exist" in capsys.readouterr().err  # accepted: the model is the problem

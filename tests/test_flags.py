@@ -43,13 +43,17 @@ OTHER_VALUES = {
     "max_shard_size": "1GB",
     "cache_dir": "/cache",
     "device_map": "cpu,cpu",
+    "layer_config": '{"down_proj": {"bits": 8}}',
+    "recipe": "light",
+    "momentum": 0.9,
+    "dynamic_max_gap": 10,
 }
 
 
 def flat(job: QuantJob) -> dict:
     out = {}
     for key, value in dataclasses.asdict(job).items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "layer_config":  # a field holding a mapping
             out.update({f"{key}.{leaf}": v for leaf, v in value.items()})
         else:
             out[key] = value
@@ -77,8 +81,10 @@ def test_every_flag_reaches_its_field(flag):
     if flag.name == "data_type":
         assert job["scheme.data_type"] == "int"
         return
-    # a preset is no field of its own: W2A16G64 changes bits and group size
+    # a preset is no field of its own: W2A16G64 changes bits and group size; a recipe sets several
     expected = {"scheme.bits", "scheme.group_size"} if flag.target == "scheme.preset" else {flag.target}
+    if flag.name == "recipe":
+        expected = {"tuning.iters", "tuning.lr"}  # light: 50 iters at 5e-3; its other values are defaults
     assert changed == expected, (flag.name, changed)
 
 

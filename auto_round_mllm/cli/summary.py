@@ -96,7 +96,7 @@ def render_summary(console: Console, result: QuantResult) -> None:
         f"blocks      {', '.join(groups)} ({len(result.blocks)} tuned)",
         f"scheme      {job.scheme.label} ({'sym' if job.scheme.sym else 'asym'}), {method}",
         f"layers      {result.quantized_layers} quantized"
-        + (f" ({len(result.own_group_size)} with a smaller group size)" if result.own_group_size else "")
+        + (f" ({len(result.own_schemes)} with a scheme of their own)" if result.own_schemes else "")
         + f", {len(result.skipped_layers)} kept in 16 bit",
         f"device      {result.device} ({result.precision} compute, {result.model_dtype} weights)",
         f"time        {result.total_seconds:.1f}s total, {result.tune_seconds:.1f}s tuning",
@@ -117,8 +117,8 @@ def render_summary(console: Console, result: QuantResult) -> None:
         lines.append(f"output      {folder} ({fmt})")
     for line in lines:
         console.print(line)
-    for name, reason in result.own_group_size.items():
-        console.print(f"[yellow]smaller group[/] {name}: {reason}")
+    for name, reason in result.own_schemes.items():
+        console.print(f"[yellow]own scheme[/] {name}: {reason}")
     for name, reason in result.skipped_layers.items():
         console.print(f"[yellow]kept in 16 bit[/] {name}: {reason}")
     for note in result.notes:

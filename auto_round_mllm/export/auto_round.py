@@ -103,8 +103,12 @@ class AutoRoundExporter:
                 fix="use --format auto_round (exact zeros) or drop --asym",
             )
 
-    def layer_problem(self, layer: nn.Linear, scheme: QuantScheme) -> str | None:
-        if packing_for(scheme, self.requested) == AWQ_PACKING:
+    def layer_problem(
+        self, layer: nn.Linear, scheme: QuantScheme, job_scheme: QuantScheme | None = None
+    ) -> str | None:
+        """The packing is the checkpoint's, chosen by the job's scheme: a layer with its own
+        scheme (--layer_config) is stored in it too."""
+        if packing_for(job_scheme or scheme, self.requested) == AWQ_PACKING:
             return awq_layer_problem(layer, scheme)
         return gptq_layer_problem(layer, scheme)
 

@@ -33,7 +33,9 @@ class AWQExporter:
                 fix="use --bits 4, or --format auto_round / auto_gptq for other widths",
             )
 
-    def layer_problem(self, layer: nn.Linear, scheme: QuantScheme) -> str | None:
+    def layer_problem(
+        self, layer: nn.Linear, scheme: QuantScheme, job_scheme: QuantScheme | None = None
+    ) -> str | None:
         return awq_layer_problem(layer, scheme)
 
     def quantization_config(self, data: ExportInput, name_for: Namer) -> dict[str, Any]:

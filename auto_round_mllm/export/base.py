@@ -71,8 +71,11 @@ class Exporter(Protocol):
         """Raise IncompatibleScheme for schemes this format cannot store."""
         ...
 
-    def layer_problem(self, layer: nn.Linear, scheme: QuantScheme) -> str | None:
-        """Why this layer cannot be stored quantized in this format, or None."""
+    def layer_problem(
+        self, layer: nn.Linear, scheme: QuantScheme, job_scheme: QuantScheme | None = None
+    ) -> str | None:
+        """Why this layer cannot be stored quantized with ``scheme`` in this format (in a
+        checkpoint of ``job_scheme``, when it has its own), or None."""
         ...
 
     def write(self, data: ExportInput, folder: Path) -> dict[str, Any]:

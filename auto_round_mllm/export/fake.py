@@ -21,7 +21,9 @@ class FakeExporter:
     def check(self, scheme: QuantScheme) -> None:
         """Any scheme: nothing is packed."""
 
-    def layer_problem(self, layer: nn.Linear, scheme: QuantScheme) -> str | None:
+    def layer_problem(
+        self, layer: nn.Linear, scheme: QuantScheme, job_scheme: QuantScheme | None = None
+    ) -> str | None:
         return None
 
     def write(self, data: ExportInput, folder: Path) -> dict[str, Any]:

@@ -38,7 +38,9 @@ class GPTQExporter:
                 f"auto_gptq stores int weights, not {scheme.data_type}", fix="use --data_type int"
             )
 
-    def layer_problem(self, layer: nn.Linear, scheme: QuantScheme) -> str | None:
+    def layer_problem(
+        self, layer: nn.Linear, scheme: QuantScheme, job_scheme: QuantScheme | None = None
+    ) -> str | None:
         return gptq_layer_problem(layer, scheme)
 
     def quantization_config(self, data: ExportInput, name_for: Namer) -> dict[str, Any]:

@@ -100,6 +100,8 @@ def gptq_layer_problem(layer: nn.Linear, scheme: QuantScheme) -> str | None:
 
 
 def awq_layer_problem(layer: nn.Linear, scheme: QuantScheme) -> str | None:
+    if scheme.bits != 4:
+        return f"the AWQ packing stores 4-bit layers only, not {scheme.bits}-bit"
     if layer.out_features % 8:
         return f"out_features {layer.out_features} is not a multiple of 8 (AWQ packing)"
     return None

@@ -37,6 +37,17 @@ def layer_scheme(quant_config: dict[str, Any], name: str) -> dict[str, Any]:
     return scheme
 
 
+def excluded(quant_config: dict[str, Any], name: str) -> bool:
+    """Whether the config keeps layer ``name`` in 16 bit: ``bits`` 16 in ``extra_config``, or a
+    GPTQModel ``-:regex`` rule."""
+    if quant_config.get("quant_method") == "gptq":
+        return any(
+            key.startswith("-:") and re.match(key[2:], name) for key in (quant_config.get("dynamic") or {})
+        )
+    entry = _extra_config_entry(quant_config.get("extra_config") or {}, name)
+    return int(entry.get("bits", 16 if entry.get("data_type") == "float" else 0) or 0) >= 16
+
+
 def _extra_config_entry(extra: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
     if name in extra:
         return extra[name]

@@ -22,7 +22,7 @@ from torch import nn
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from auto_round_mllm.inference.layer_config import layer_scheme
+from auto_round_mllm.inference.layer_config import excluded, layer_scheme
 from auto_round_mllm.inference.qlinear import PackedLayout, QuantLinear, check_backend, set_backend
 
 METHODS = ("auto-round", "awq", "gptq")
@@ -62,13 +62,12 @@ def quantized_linear_names(model: nn.Module, config: dict[str, Any]) -> list[str
         return [name for name in linears if not any(name == k or name.startswith(k + ".") for k in keep)]
     blocks = config.get("block_name_to_quantize") or config.get("to_quant_block_names") or ""
     prefixes = [b.strip() for b in (blocks.split(",") if isinstance(blocks, str) else blocks) if b.strip()]
-    fp = {
-        name for name, spec in (config.get("extra_config") or {}).items() if int(spec.get("bits", 16)) >= 16
-    }
 
     def in_blocks(prefixes: list[str]) -> list[str]:
         patterns = [re.compile(rf"{re.escape(prefix)}\.\d+\.") for prefix in prefixes]
-        return [name for name in linears if any(p.match(name) for p in patterns) and name not in fp]
+        return [
+            name for name in linears if any(p.match(name) for p in patterns) and not excluded(config, name)
+        ]
 
     found = in_blocks(prefixes)
     if not found:

@@ -197,6 +197,7 @@ def setup_run(
         keep_patterns=tuple(job.fp_layers) + tuple(loaded.family.ignore),
         checks=layer_checks,
         group_size_fallback=job.group_size_fallback,
+        layer_config=job.layer_config,
     )
     check_something_quantizes(decisions, job.scheme)
     calibration = build_calibration(job, loaded, plan, tuner)

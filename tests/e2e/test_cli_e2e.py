@@ -147,7 +147,7 @@ def test_vision_layers_that_do_not_fit_are_listed_not_skipped_silently(tiny_qwen
     code, out, err = run_in_process([*args, "--output_dir", str(tmp_path / "a"), "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    smaller = {name: why for name, why in report["own_group_size"].items() if ".visual." in name}
+    smaller = {name: why for name, why in report["own_schemes"].items() if ".visual." in name}
     assert smaller and all(why.startswith("group_size 128: in_features 128") for why in smaller.values())
     assert not report["skipped_layers"] and not any(".language_model." in name for name in smaller)
 

@@ -98,7 +98,9 @@ def test_auto_awq_keeps_them_in_16_bit_with_the_reason(odd_llama, tmp_path):
     tuned, _, config = tune_and_write(odd_llama, tmp_path, "auto_awq")
     assert sorted(tuned.qweights) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
     reason = tuned.decisions["model.layers.0.self_attn.q_proj"].reason
-    assert reason.endswith("group_size 64 would fit, but auto_awq stores one group size for every layer")
+    assert reason.endswith(
+        "group_size 64 would fit, but auto_awq stores one scheme (bits, group size) for every layer"
+    )
     assert "model.layers.0.self_attn.q_proj" in config["modules_to_not_convert"]
 
 
@@ -114,8 +116,8 @@ def test_the_summary_and_the_report_list_them(odd_llama, tmp_path, capsys):
     args = ["--model", str(odd_llama), "--iters", "0", "--device", "cpu"]
     assert run([*args, "--output_dir", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "14 quantized (12 with a smaller group size), 0 kept in 16 bit" in out
-    assert "smaller group model.layers.1.mlp.up_proj: group_size 64: in_features 192" in " ".join(out.split())
+    assert "14 quantized (12 with a scheme of their own), 0 kept in 16 bit" in out
+    assert "own scheme model.layers.1.mlp.up_proj: group_size 64: in_features 192" in " ".join(out.split())
     assert run([*args, "--output_dir", str(tmp_path / "j"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert len(report["own_group_size"]) == 12 and not report["skipped_layers"]
+    assert len(report["own_schemes"]) == 12 and not report["skipped_layers"]

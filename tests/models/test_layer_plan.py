@@ -57,7 +57,9 @@ def test_disable_group_size_fallback_keeps_those_layers_in_16_bit():
 def test_a_format_with_one_group_size_for_all_layers_keeps_them_in_16_bit():
     odd = plan(checks=[one_scheme_check(QuantScheme(4, 128), ["auto_awq"])])["layers.0.odd"]
     assert odd.scheme is None
-    assert odd.reason.endswith("group_size 64 would fit, but auto_awq stores one group size for every layer")
+    assert odd.reason.endswith(
+        "group_size 64 would fit, but auto_awq stores one scheme (bits, group size) for every layer"
+    )
 
 
 def test_a_group_size_that_fits_no_layer_is_still_refused_not_quietly_replaced():
