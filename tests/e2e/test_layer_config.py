@@ -35,19 +35,8 @@ def test_each_layer_gets_its_own_scheme_and_every_reader_follows(odd_llama, tmp_
         assert config["extra_config"][name]["bits"] == 8
     else:
         assert config["dynamic"][f"+:{name.replace('.', chr(92) + '.')}$"]["bits"] == 8
-    expected = tuned_logits = None  # noqa: F841
-    ids = torch.randint(3, 1900, (2, 24), generator=torch.Generator().manual_seed(0))
-    from auto_round_mllm.inference.dequantize import load_dequantized
-    from auto_round_mllm.inference.loader import load_quantized
-    from auto_round_mllm.inference.qlinear import QuantLinear
-    from tests.conftest import fake_quant_fp32
-
-    with torch.no_grad():
-        expected = fake_quant_fp32(tuned)(input_ids=ids).logits
-        assert torch.equal(load_dequantized(folder, dtype=torch.float32)(input_ids=ids).logits, expected)
-        packed = load_quantized(folder, dtype=torch.float32)
-        assert sum(isinstance(m, QuantLinear) for m in packed.modules()) == 13
-        torch.testing.assert_close(packed(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
+    expected = same_logits(tuned, folder, packed_layers=13)
+    ids = torch.randint(3, 1900, (2, 24), generator=torch.Generator().manual_seed(0))  # same_logits' ids
     if fmt == "auto_round":  # PyPI auto-round's own loader, through transformers
         import auto_round  # noqa: F401
         from torch import nn
