@@ -161,6 +161,9 @@ class TuningConfig:
     """AdamW (no weight decay) on the same parameters instead of signed gradient steps."""
     momentum: float = 0.0
     """Momentum of the sign steps: each step takes the sign of a running sum of gradients."""
+    deterministic: bool = False
+    """Tune under ``torch.use_deterministic_algorithms(True)`` (auto-round's
+    ``enable_deterministic_algorithms``)."""
     dynamic_max_gap: int = -1
     """Stop a block's tuning when the best loss has not improved for this many steps (auto-round's
     ``dynamic_max_gap``; -1 or 0: never)."""

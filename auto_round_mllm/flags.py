@@ -213,6 +213,12 @@ FLAGS: tuple[Flag, ...] = (
         "Momentum of the sign steps: each step takes the sign of a running sum of gradients.",
         target="tuning.momentum",
     ),
+    _switch(
+        "enable_deterministic_algorithms", "tuning.deterministic", True,
+        "Tune under torch.use_deterministic_algorithms(True): an operation without a deterministic "
+        "kernel fails instead of varying between runs (on one machine the same seed and data "
+        "already give the same bytes on the CPU).",
+    ),
     Flag(
         "dynamic_max_gap", int, -1,
         "Stop a block's tuning when the best loss has not improved for this many steps (-1: never).",

@@ -48,7 +48,7 @@ from auto_round_mllm.pipeline.resume import ResumeState, samples_fingerprint
 from auto_round_mllm.quant.tunable import QuantizedWeight
 from auto_round_mllm.tuning import Tuner, tuner_for
 from auto_round_mllm.tuning.block_inputs import BlockInputs
-from auto_round_mllm.utils.device import DTYPE_NAMES, Precision, choose_precision
+from auto_round_mllm.utils.device import DTYPE_NAMES, Precision, choose_precision, deterministic_algorithms
 from auto_round_mllm.utils.dtype_policy import cast_parameters, model_dtype_for, parameter_dtype
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,8 @@ def tune(
     )
     progress = progress or ProgressSink()
     progress.start(setup.blocks.count)
-    qweights, reports = tune_passes(job, loaded, setup, progress)
+    with deterministic_algorithms(job.tuning.deterministic):
+        qweights, reports = tune_passes(job, loaded, setup, progress)
     progress.finish()
     place_outside_blocks(loaded.model, [], torch.device("cpu"))  # streamed blocks stay on meta
     return TunedModel(

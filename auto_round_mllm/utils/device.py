@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -163,3 +164,21 @@ def peak_memory_gb(device: torch.device) -> float | None:
     if device.type == "xpu":
         return torch.xpu.max_memory_allocated(device) / 2**30
     return None
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` for the duration (auto-round's
+    ``enable_deterministic_algorithms``): an operation without a deterministic kernel then fails
+    instead of varying between runs. cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` for it; it is set
+    here when the user has not, before the first CUDA matmul of the run."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)

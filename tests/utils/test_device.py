@@ -58,3 +58,36 @@ def test_tuning_dtype_casts_fp32_to_bf16_only_where_amp_computes_in_bf16(monkeyp
     assert dtype_policy.tuning_dtype(gpu, torch.float32, amp=True) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # V100, T4
     assert dtype_policy.tuning_dtype(gpu, torch.float32, amp=True) == torch.float32
+
+
+def test_deterministic_algorithms_are_on_for_the_run_and_restored_after():
+    import torch
+
+    from auto_round_mllm.utils.device import deterministic_algorithms
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_algorithms(False):
+        assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_run_under_deterministic_algorithms_writes_the_same_checkpoint(
+    tiny_qwen2_vl, tmp_path, monkeypatch
+):
+    """The run switches torch's deterministic mode on and back off; every operation of a tuning
+    run has a deterministic kernel (none fails), and on the CPU the result is the one the run
+    gives anyway."""
+    import torch
+
+    from tests.conftest import quantize_tiny
+
+    switched, original = [], torch.use_deterministic_algorithms
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: (switched.append(on), original(on)))
+    plain, _ = quantize_tiny(tiny_qwen2_vl, tmp_path / "plain", iters=2)
+    assert switched == []
+    strict, _ = quantize_tiny(tiny_qwen2_vl, tmp_path / "strict", iters=2, deterministic=True)
+    assert switched == [True, False] and not torch.are_deterministic_algorithms_enabled()
+    for name, qw in plain.qweights.items():
+        assert torch.equal(qw.codes, strict.qweights[name].codes)
