@@ -323,6 +323,49 @@ class MemoryConfig:
 
 
 @dataclass(frozen=True)
+class MixedBits:
+    """auto-round's AutoScheme: each quantized layer takes one of ``schemes`` (presets, with the
+    run's symmetry) so that the average bits per weight meet ``avg_bits`` with the least measured
+    error (tuning/mixed_bits.py). Scale and zero-point bits count unless ``ignore_scale_zp_bits``."""
+
+    schemes: tuple[str, ...] = ()
+    avg_bits: float | None = None
+    ignore_scale_zp_bits: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "schemes", tuple(str(s).strip().upper() for s in self.schemes if str(s).strip())
+        )
+        unknown = [s for s in self.schemes if s not in PRESETS]
+        if unknown:
+            raise UserError(
+                f"unknown scheme {unknown[0]!r} in --schemes", fix=f"use presets of: {', '.join(PRESETS)}"
+            )
+        if self.schemes and self.avg_bits is None:
+            raise UserError("--schemes needs a bit budget", fix="add --avg_bits 3.0 (or --bits 3.0)")
+        if self.avg_bits is not None and not self.schemes:
+            raise UserError("--avg_bits needs the schemes to mix", fix="add --schemes W2A16,W4A16,W8A16")
+        if self.schemes and len(set(self.schemes)) < 2:
+            raise UserError("--schemes needs two schemes or more to mix", fix="e.g. --schemes W2A16,W4A16")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.schemes)
+
+    def options(self, sym: bool) -> list[QuantScheme]:
+        """The candidate schemes, with the run's symmetry (one zero-point convention per checkpoint)."""
+        return [dataclasses.replace(PRESETS[name], sym=sym) for name in self.schemes]
+
+    def bits_per_weight(self, scheme: QuantScheme, in_features: int) -> float:
+        """What one weight costs: its bits, plus a 16-bit scale (and a zero point, asymmetric)
+        per group unless ``ignore_scale_zp_bits``."""
+        if self.ignore_scale_zp_bits:
+            return float(scheme.bits)
+        per_group = 16 + (0 if scheme.sym else scheme.bits)
+        return scheme.bits + per_group / scheme.group_size_for(in_features)
+
+
+@dataclass(frozen=True)
 class QuantJob:
     """Everything one run needs. ``model`` is a path, ``local:path`` or hub id."""
 
@@ -342,6 +385,7 @@ class QuantJob:
     of 128/64/32 that divides it (listed in the summary); off, it stays in 16 bit."""
     layer_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-layer schemes by name or pattern (auto_round_mllm/layer_config.py), normalized."""
+    mixed: MixedBits = field(default_factory=MixedBits)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self) -> None:
@@ -363,12 +407,15 @@ class QuantJob:
             "data": DataConfig,
             "export": ExportConfig,
             "memory": MemoryConfig,
+            "mixed": MixedBits,
         }
         for key, klass in nested.items():
             if isinstance(data.get(key), dict):
                 value = dict(data[key])
                 if key == "export" and "formats" in value:
                     value["formats"] = tuple(value["formats"])
+                if key == "mixed" and "schemes" in value:
+                    value["schemes"] = tuple(value["schemes"])
                 data[key] = klass(**value)
         for key in ("fp_layers", "to_quant_block_names"):
             if key in data:

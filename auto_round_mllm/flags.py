@@ -24,6 +24,7 @@ from auto_round_mllm.config import (
     DataConfig,
     ExportConfig,
     MemoryConfig,
+    MixedBits,
     QuantJob,
     TuningConfig,
     recipe_fields,
@@ -99,6 +100,11 @@ class Flag:
         return str(self.default)
 
 
+def whole_bits(value: float) -> int | float:
+    """``4.0`` -> ``4``; a fraction stays (an average for --schemes, else refused by the scheme)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
 def _switch(name: str, target: str | None, sets: Any, help: str, **more: Any) -> Flag:
     return Flag(name, bool, False, help, target=target, sets=sets, **more)
 
@@ -117,8 +123,25 @@ FLAGS: tuple[Flag, ...] = (
         "the flags below override it",
     ),
     Flag(
-        "bits", int, None, "Weight bits: 2, 3, 4 or 8 (default from --scheme: 4).",
-        aliases=("bit",), target="scheme.bits", shown_default="from scheme", doc="2, 3, 4 or 8",
+        "bits", float, None, "Weight bits: 2, 3, 4 or 8 (default from --scheme: 4); with --schemes, the "
+        "average bits per weight to meet.",
+        aliases=("bit",), target="scheme.bits", shown_default="from scheme", convert=whole_bits,
+        doc="2, 3, 4 or 8; with `--schemes`, the average to meet (as `--avg_bits`)",
+    ),
+    Flag(
+        "schemes", str, None,
+        "Mixed bits (auto-round's AutoScheme): comma list of presets each layer may take, e.g. "
+        "W2A16,W4A16,W8A16, chosen per layer to meet --avg_bits with the least measured error.",
+        aliases=("options", "option"), target="mixed.schemes", convert=split_list, shown_default="none",
+        doc="Mixed bits: the presets each layer may take (see [Mixed bits](#mixed-bits))",
+    ),
+    Flag(
+        "avg_bits", float, None, "With --schemes: the average bits per weight to meet (scales included).",
+        aliases=("target_bits",), target="mixed.avg_bits", shown_default="none",
+    ),
+    _switch(
+        "ignore_scale_zp_bits", "mixed.ignore_scale_zp_bits", True,
+        "With --schemes: count only the weights' bits, not their scales' and zero points'.",
     ),
     Flag(
         "group_size", int, None,
@@ -415,6 +438,16 @@ def assignments_from_flags(values: Mapping[str, Any], *, label: Callable[[str], 
     return out
 
 
+def bits_as_budget(assignments: list[Assignment]) -> list[Assignment]:
+    """With ``--schemes``, ``--bits`` is the average to meet (auto-round's reading), not a width."""
+    if not any(target == "mixed.schemes" for target, _, _ in assignments):
+        return assignments
+    return [
+        ("mixed.avg_bits" if target == "scheme.bits" else target, value, who)
+        for target, value, who in assignments
+    ]
+
+
 def build_job(assignments: Iterable[Assignment]) -> QuantJob:
     """The job the assignments describe; one field set to two values is a contradiction."""
     fields: dict[str, tuple[Any, str]] = {}
@@ -428,6 +461,7 @@ def build_job(assignments: Iterable[Assignment]) -> QuantJob:
     for name, who in recipes[:1]:  # below every explicit flag, whatever its position
         given = {target for target, _, _ in assignments}
         assignments += [(t, v, who) for t, v in recipe_fields(name).items() if t not in given]
+    assignments = bits_as_budget(assignments)
     for target, value, who in assignments:
         if target in fields and fields[target][0] != value:
             raise UserError(
@@ -440,7 +474,13 @@ def build_job(assignments: Iterable[Assignment]) -> QuantJob:
         sections.setdefault(section, {})[leaf] = value
     scheme = dict(sections.pop("scheme", {}))
     preset = scheme.pop("preset", None)
-    classes = {"tuning": TuningConfig, "data": DataConfig, "export": ExportConfig, "memory": MemoryConfig}
+    classes = {
+        "tuning": TuningConfig,
+        "data": DataConfig,
+        "export": ExportConfig,
+        "memory": MemoryConfig,
+        "mixed": MixedBits,
+    }
     nested = {"scheme": resolve_scheme(preset, **scheme)}
     nested.update({name: klass(**sections.pop(name, {})) for name, klass in classes.items()})
     top = sections.pop("", {})

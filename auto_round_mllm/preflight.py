@@ -75,6 +75,7 @@ def check_job(job: QuantJob) -> Devices:
     if job.memory.cache_dir is not None:
         check_cache_dir(Path(job.memory.cache_dir))
     check_layer_config(job.layer_config, job.scheme)
+    check_mixed_bits(job)
     for fmt in job.export.formats:
         exporter = EXPORTERS.get(fmt)
         exporter.check(job.scheme)
@@ -97,6 +98,25 @@ def check_scale_storage(fmt: str, stored: str | None, scale_dtype: str) -> None:
         "so the checkpoint would not be the model that was tuned",
         fix=f"use --scale_dtype {' or '.join(EXACT_IN[stored])}, or --format fake",
     )
+
+
+def check_mixed_bits(job: QuantJob) -> None:
+    """``--schemes`` needs formats that carry per-layer schemes, in a packing that holds them all."""
+    if not job.mixed.active:
+        return
+    for fmt in job.export.formats:
+        if not EXPORTERS.get(fmt).per_layer_schemes:
+            raise UserError(
+                f"--schemes mixes schemes per layer, which --format {fmt} cannot store (one scheme for all layers)",
+                fix="use --format auto_round or auto_gptq",
+            )
+    awq_packed = [f for f in job.export.formats if f in ("auto_round", "auto_round:auto_awq")]
+    if not job.scheme.sym and awq_packed:
+        raise UserError(
+            f"--schemes with --asym: --format {awq_packed[0]} packs asymmetric weights as AWQ, which holds "
+            "4-bit layers only",
+            fix="use --format auto_gptq (exact zero points at any width), or symmetric schemes",
+        )
 
 
 def check_cache_dir(folder: Path) -> None:

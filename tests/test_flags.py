@@ -10,7 +10,7 @@ import pytest
 
 from auto_round_mllm.config import QuantJob
 from auto_round_mllm.errors import UserError
-from auto_round_mllm.flags import FLAGS, RUN_OPTIONS, job_from_flags, job_from_keywords, keywords
+from auto_round_mllm.flags import BY_NAME, FLAGS, RUN_OPTIONS, job_from_flags, job_from_keywords, keywords
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,11 @@ OTHER_VALUES = {
     "recipe": "light",
     "momentum": 0.9,
     "dynamic_max_gap": 10,
+    "schemes": "W2A16,W4A16",
+    "avg_bits": 3.0,
 }
+COMPANIONS = {"schemes": {"avg_bits": 3.0}, "avg_bits": {"schemes": "W2A16,W4A16"}}
+"""Flags that only make sense together: each is given with its companion."""
 
 
 def flat(job: QuantJob) -> dict:
@@ -75,7 +79,8 @@ def test_every_flag_reaches_its_field(flag):
     if flag.name == "disable_trust_remote_code":  # it only undoes --trust_remote_code's default
         assert job_from_flags(**base, disable_trust_remote_code=True).trust_remote_code is False
         return
-    job = flat(job_from_flags(**{**base, flag.name: value}))
+    companion = COMPANIONS.get(flag.name, {})
+    job = flat(job_from_flags(**{**base, **companion, flag.name: value}))
     default = flat(job_from_flags(**base))
     changed = {key for key in job if job[key] != default[key]}
     if flag.name == "data_type":
@@ -83,6 +88,7 @@ def test_every_flag_reaches_its_field(flag):
         return
     # a preset is no field of its own: W2A16G64 changes bits and group size; a recipe sets several
     expected = {"scheme.bits", "scheme.group_size"} if flag.target == "scheme.preset" else {flag.target}
+    expected |= {BY_NAME[name].target for name in companion}
     if flag.name == "recipe":
         expected = {"tuning.iters", "tuning.lr"}  # light: 50 iters at 5e-3; its other values are defaults
     assert changed == expected, (flag.name, changed)

@@ -51,3 +51,19 @@ def test_the_command_passes_only_the_flags_typed(monkeypatch, tmp_path):
         except SystemExit as exit:
             assert exit.code in (0, None)
     assert [(job.tuning.iters, job.tuning.opt_rtn) for job in jobs] == [(50, False), (200, False), (0, False)]
+
+
+def test_the_opt_rtn_recipe_reads_calibration_data_and_beats_plain_rtn(tiny_llama, tmp_path, capsys):
+    import json
+
+    from tests.e2e.runs import run
+
+    args = ["--model", str(tiny_llama), "--nsamples", "4", "--seqlen", "32", "--device", "cpu", "--json"]
+    reports = {}
+    for recipe in ("rtn", "opt_rtn"):
+        assert run([*args, "--recipe", recipe, "--output_dir", str(tmp_path / recipe)]) == 0
+        reports[recipe] = json.loads(capsys.readouterr().out)
+    assert "samples" not in reports["rtn"]["calibration"]  # plain round-to-nearest reads no data
+    opt = reports["opt_rtn"]
+    assert opt["calibration"]["samples"] == 4
+    assert all(b["steps"] == 0 and b["final_loss"] < b["rtn_loss"] for b in opt["blocks"])

@@ -9,6 +9,9 @@ from rich.table import Table
 from auto_round_mllm.pipeline.blockwise import BlockReport, ProgressSink
 from auto_round_mllm.report import QuantResult
 
+OWN_SCHEMES_SHOWN = 20
+"""Layers with a scheme of their own listed one per line; a mixed-bits run lists the count of the rest."""
+
 
 def fmt_loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
@@ -117,8 +120,11 @@ def render_summary(console: Console, result: QuantResult) -> None:
         lines.append(f"output      {folder} ({fmt})")
     for line in lines:
         console.print(line)
-    for name, reason in result.own_schemes.items():
+    own = list(result.own_schemes.items())
+    for name, reason in own[:OWN_SCHEMES_SHOWN]:
         console.print(f"[yellow]own scheme[/] {name}: {reason}")
+    if len(own) > OWN_SCHEMES_SHOWN:
+        console.print(f"[yellow]own scheme[/] ... and {len(own) - OWN_SCHEMES_SHOWN} more (see the report)")
     for name, reason in result.skipped_layers.items():
         console.print(f"[yellow]kept in 16 bit[/] {name}: {reason}")
     for note in result.notes:

@@ -29,8 +29,8 @@ def plan_calibration(job: QuantJob, model_type: str, family: ModelFamily) -> Cal
         job.data.template, family.template if family.model_types else model_type
     )
     notes = [notice] if notice else []
-    if job.tuning.iters == 0:
-        return CalibrationPlan(template, None, notes)
+    if job.tuning.iters == 0 and not job.tuning.opt_rtn and not job.mixed.active:
+        return CalibrationPlan(template, None, notes)  # plain round-to-nearest reads no data
     needs_images = job.quant_nontext_module or not family.text_only_calibration
     spec = job.data.dataset
     if spec is None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from auto_round_mllm.config import QuantJob, TuningConfig
+from auto_round_mllm.config import QuantJob, QuantScheme, TuningConfig
 from auto_round_mllm.data.calib_set import CalibrationSet, build_calibration_set
 from auto_round_mllm.data.calibration_plan import CalibrationPlan, plan_calibration
 from auto_round_mllm.data.processors import processor_for
@@ -43,6 +43,7 @@ from auto_round_mllm.pipeline.blockwise import (
 )
 from auto_round_mllm.pipeline.cache import CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
+from auto_round_mllm.pipeline.mixed import measure_pass, mixed_decisions
 from auto_round_mllm.pipeline.placement import BlockPlacement
 from auto_round_mllm.pipeline.resume import ResumeState, samples_fingerprint
 from auto_round_mllm.quant.tunable import QuantizedWeight
@@ -88,6 +89,15 @@ class BlockChoice:
     @property
     def count(self) -> int:
         return len(self.all_blocks)
+
+
+@dataclass(frozen=True)
+class PassDevices:
+    """Where a pass runs: the compute device, its autocast, and where activations are kept."""
+
+    device: torch.device
+    precision: Precision
+    cache: CachePlacement
 
 
 @dataclass
@@ -150,13 +160,42 @@ def build_calibration(
 ) -> CalibrationSet | None:
     """The planned samples through the processor (the family's, or the one a named template
     brings); None when the tuner needs no data."""
-    if not tuner.needs_data or plan.source is None:
+    if not (tuner.needs_data or job.mixed.active) or plan.source is None:
         return None
     name = plan.template.processor if job.data.template else loaded.family.processor
     processor = processor_for(name, loaded, plan.template)
     return build_calibration_set(
         plan.source, processor, seqlen=job.tuning.seqlen, nsamples=job.tuning.nsamples, seed=job.tuning.seed
     )
+
+
+def plan_mixed_bits(
+    job: QuantJob,
+    loaded: LoadedModel,
+    blocks: BlockChoice,
+    decisions: dict[str, LayerDecision],
+    layer_checks: list[LayerCheck],
+    calibration: CalibrationSet,
+    where: PassDevices,
+) -> tuple[dict[str, LayerDecision], str]:
+    """``--schemes``: measure every candidate scheme of every free layer in a full-precision pass,
+    then give each layer its allocated scheme (pipeline/mixed.py)."""
+
+    def plan_for(scheme: QuantScheme) -> dict[str, LayerDecision]:
+        return plan_layers(
+            loaded.model,
+            blocks.all_blocks,
+            scheme,
+            keep_patterns=tuple(job.fp_layers) + tuple(loaded.family.ignore),
+            checks=layer_checks,
+            group_size_fallback=job.group_size_fallback,
+            layer_config=job.layer_config,
+        )
+
+    groups = {group: (names, 1) for group, names in blocks.vision.items()}  # vision: one sample a batch
+    groups[blocks.text_group] = (blocks.text_blocks, job.tuning.batch_size)
+    measure = measure_pass(job, loaded.model, where.device, where.precision, where.cache, loaded.streamed)
+    return mixed_decisions(job, decisions, plan_for, groups, measure, calibration.samples)
 
 
 def vision_tuning(tuning: TuningConfig) -> TuningConfig:
@@ -201,6 +240,12 @@ def setup_run(
     )
     check_something_quantizes(decisions, job.scheme)
     calibration = build_calibration(job, loaded, plan, tuner)
+    cache = CachePlacement.for_run(device, host=job.memory.host_caches, folder=job.memory.cache_dir)
+    if job.mixed.active and calibration is not None:
+        decisions, mixed = plan_mixed_bits(
+            job, loaded, blocks, decisions, layer_checks, calibration, PassDevices(device, precision, cache)
+        )
+        notes.append(mixed)
     log.info(
         "quantizing %d blocks of %s%s on %s (%s), %s, %s",
         len(blocks.text_blocks),
@@ -220,7 +265,6 @@ def setup_run(
     samples = calibration.samples if calibration else None
     if resume is not None:
         resume.check_data(samples_fingerprint(samples))
-    cache = CachePlacement.for_run(device, host=job.memory.host_caches, folder=job.memory.cache_dir)
     placement = BlockPlacement(spread) if spread else None
     setup = RunSetup(
         device, model_dtype, precision, tuner, blocks, decisions, samples, cache, placement, resume
