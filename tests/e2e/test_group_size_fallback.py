@@ -8,13 +8,11 @@ import json
 import pytest
 import torch
 
-from auto_round_mllm import api
-from auto_round_mllm.flags import job_from_flags
 from auto_round_mllm.inference.dequantize import load_dequantized
 from auto_round_mllm.inference.loader import load_quantized
 from auto_round_mllm.inference.qlinear import QuantLinear
-from auto_round_mllm.models.loading import load_model
 from tests.conftest import fake_quant_fp32
+from tests.e2e.runs import tune_export
 
 NARROW = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj")  # in_features 192
 """Every projection but down_proj (in_features 512) reads the 192-wide hidden state."""
@@ -28,13 +26,7 @@ def odd_llama(tmp_path_factory):
 
 
 def tune_and_write(model, out, fmt, **flags):
-    job = job_from_flags(
-        model=str(model), iters=2, nsamples=4, seqlen=32, batch_size=2, format=fmt, output_dir=str(out),
-        device="cpu", **flags,
-    )  # fmt: skip
-    tuned = api.tune(job, load_model(job.model))
-    folder = out / "ckpt"
-    api.write_formats(tuned, job, {fmt: folder}, lambda facts: {"test": True})
+    _, tuned, folder = tune_export(model, out, fmt, **flags)
     return tuned, folder, json.loads((folder / "config.json").read_text())["quantization_config"]
 
 

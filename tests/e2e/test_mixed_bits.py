@@ -7,21 +7,12 @@ import json
 import pytest
 import torch
 
-from auto_round_mllm import api
-from auto_round_mllm.flags import job_from_flags
-from auto_round_mllm.models.loading import load_model
+from tests.e2e.runs import tune_export
 from tests.e2e.test_group_size_fallback import same_logits
 
 
 def tune_and_write(model, out, fmt, **flags):
-    job = job_from_flags(
-        model=str(model), iters=1, nsamples=4, seqlen=32, batch_size=2, format=fmt, output_dir=str(out),
-        device="cpu", **flags,
-    )  # fmt: skip
-    tuned = api.tune(job, load_model(job.model))
-    folder = out / "ckpt"
-    api.write_formats(tuned, job, {fmt: folder}, lambda facts: {"test": True})
-    return job, tuned, folder
+    return tune_export(model, out, fmt, iters=1, **flags)
 
 
 def average_bits(job, tuned):
