@@ -11,6 +11,8 @@ from auto_round_mllm._version import __version__
 
 _LAZY = {
     "AutoRoundMLLM": "auto_round_mllm.api",
+    "AutoRound": "auto_round_mllm.api",
+    "AutoScheme": "auto_round_mllm.config",
     "quantize": "auto_round_mllm.api",
     "QuantResult": "auto_round_mllm.report",
     "QuantJob": "auto_round_mllm.config",
@@ -24,8 +26,10 @@ _LAZY = {
 
 __all__ = [
     "PRESETS",
+    "AutoRound",
     "AutoRoundConfig",
     "AutoRoundMLLM",
+    "AutoScheme",
     "QuantJob",
     "QuantResult",
     "QuantScheme",
@@ -38,8 +42,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from auto_round_mllm.api import AutoRoundMLLM, quantize
-    from auto_round_mllm.config import PRESETS, QuantJob, QuantScheme, TuningConfig
+    from auto_round_mllm.api import AutoRound, AutoRoundMLLM, quantize
+    from auto_round_mllm.config import PRESETS, AutoScheme, QuantJob, QuantScheme, TuningConfig
     from auto_round_mllm.errors import UserError
     from auto_round_mllm.inference.dequantize import load_dequantized
     from auto_round_mllm.inference.loader import load_quantized

@@ -215,8 +215,33 @@ class AutoRoundMLLM:
         }
         return self.model, layer_config
 
+    def quantize_and_save(
+        self,
+        output_dir: str | Path = "tmp_autoround",
+        format: str | None = "auto_round",
+        inplace: bool = True,
+        max_shard_size: int | str | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.nn.Module, list[str]]:
+        """auto-round's one call: tune, then write every format of ``format`` (a comma list) into
+        ``output_dir`` (one sub-folder per format when several). Returns (model, the folders)."""
+        if kwargs:
+            raise TypeError(
+                f"quantize_and_save() got unexpected keyword arguments: {', '.join(sorted(kwargs))}"
+            )
+        format = format or "auto_round"
+        self.quantize()
+        self.save_quantized(output_dir, format=format, inplace=inplace, max_shard_size=max_shard_size)
+        formats = tuple(f.strip() for f in format.split(",") if f.strip())
+        return self.model, [str(folder) for folder in format_dirs(Path(output_dir), formats).values()]
+
     def save_quantized(
-        self, output_dir: str | Path, format: str = "auto_round", inplace: bool = True, force: bool = True
+        self,
+        output_dir: str | Path,
+        format: str = "auto_round",
+        inplace: bool = True,
+        force: bool = True,
+        max_shard_size: int | str | None = None,
     ) -> torch.nn.Module:
         """Write the checkpoint into ``output_dir`` (one sub-folder per format when several are given).
 
@@ -228,9 +253,17 @@ class AutoRoundMLLM:
         assert self.tuned is not None
         formats = tuple(f.strip() for f in format.split(",") if f.strip())
         export = dataclasses.replace(
-            self.job.export, formats=formats, output_dir=str(output_dir), force=force
+            self.job.export,
+            formats=formats,
+            output_dir=str(output_dir),
+            force=force,
+            max_shard_size=str(max_shard_size or self.job.export.max_shard_size),
         )
         job = dataclasses.replace(self.job, export=export)
         check_job(job)
         write_formats(self.tuned, job, format_dirs(Path(output_dir), formats))
         return self.model
+
+
+AutoRound = AutoRoundMLLM
+"""auto-round's text-model front end: the same class (text models need no processor)."""

@@ -366,6 +366,42 @@ class MixedBits:
 
 
 @dataclass(frozen=True)
+class AutoScheme:
+    """auto-round's ``AutoScheme`` object, for ``AutoRoundMLLM(model, scheme=AutoScheme(...))``:
+    the same as the ``schemes=``, ``avg_bits=`` and ``ignore_scale_zp_bits=`` keywords."""
+
+    avg_bits: float
+    options: tuple[str, ...] | list[str] | str
+    ignore_scale_zp_bits: bool = False
+
+    def keywords(self) -> dict[str, Any]:
+        options = self.options.split(",") if isinstance(self.options, str) else list(self.options)
+        return {
+            "schemes": tuple(options),
+            "avg_bits": self.avg_bits,
+            "ignore_scale_zp_bits": self.ignore_scale_zp_bits,
+        }
+
+
+def scheme_keywords(scheme: Any) -> dict[str, Any]:
+    """auto-round's ``scheme=`` as our keywords: a preset name, a dict of scheme fields, or an
+    ``AutoScheme`` (ours or auto-round's own: anything with ``avg_bits`` and ``options``)."""
+    if isinstance(scheme, str):
+        return {"scheme": scheme}
+    if hasattr(scheme, "avg_bits") and hasattr(scheme, "options"):
+        return AutoScheme(
+            scheme.avg_bits, scheme.options, bool(getattr(scheme, "ignore_scale_zp_bits", False))
+        ).keywords()
+    fields = scheme if isinstance(scheme, dict) else getattr(scheme, "__dict__", {})
+    known = {
+        k: v for k, v in fields.items() if k in ("bits", "group_size", "sym", "data_type") and v is not None
+    }
+    if not known:
+        raise UserError(f"scheme={scheme!r} is not understood", fix="pass a preset name such as 'W4A16'")
+    return known
+
+
+@dataclass(frozen=True)
 class QuantJob:
     """Everything one run needs. ``model`` is a path, ``local:path`` or hub id."""
 

@@ -29,6 +29,7 @@ from auto_round_mllm.config import (
     TuningConfig,
     recipe_fields,
     resolve_scheme,
+    scheme_keywords,
     split_list,
 )
 from auto_round_mllm.errors import UserError
@@ -504,6 +505,11 @@ def job_from_keywords(
     table = keywords()
     assignments: list[Assignment] = [("model", model, "model")]
     run_options: dict[str, Any] = {}
+    if "scheme" in options and not isinstance(options["scheme"], str):  # AutoScheme, a dict ...
+        options = {
+            **{k: v for k, v in options.items() if k != "scheme"},
+            **scheme_keywords(options["scheme"]),
+        }
     for key, value in options.items():
         if key in FOREIGN:
             FOREIGN[key].check(value, given=f"{key}={value!r}")

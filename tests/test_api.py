@@ -1,6 +1,7 @@
 """The Python API as auto-round's MLLM README uses it, with only the import changed."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,65 @@ def test_auto_round_keyword_names_map_onto_flags(tiny_llava):
     )
     with pytest.raises(TypeError, match="no_such_option"):
         AutoRoundMLLM(str(tiny_llava), no_such_option=1)
+
+
+READ_SIGNATURES = """
+import inspect, json
+from auto_round import AutoRound
+from auto_round.compressors.base import BaseCompressor
+print(json.dumps({
+    "AutoRound": list(inspect.signature(AutoRound.__new__).parameters),
+    "quantize_and_save": list(inspect.signature(BaseCompressor.quantize_and_save).parameters),
+}))
+"""
+
+
+def test_every_keyword_of_auto_rounds_constructors_and_quantize_and_save_is_known():
+    """Read from the installed peer in a process of its own (importing it patches transformers):
+    each keyword is one of ours, or one of auto-round's flags we accept or refuse in one line."""
+    import importlib.util
+    import inspect
+    import subprocess
+    import sys
+
+    from auto_round_mllm.api import AutoRoundMLLM
+    from auto_round_mllm.autoround_flags import FOREIGN_FLAGS
+    from auto_round_mllm.flags import keywords
+
+    if importlib.util.find_spec("auto_round") is None:
+        pytest.skip("auto-round (a test extra) is not installed")
+    done = subprocess.run(
+        [sys.executable, "-c", READ_SIGNATURES], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(theirs["AutoRound"]) > 15  # the signature was really read
+    ours = set(keywords()) | {spelling for flag in FOREIGN_FLAGS for spelling in flag.spellings}
+    ours |= set(inspect.signature(AutoRoundMLLM.__init__).parameters)
+    variadic = {"self", "cls", "args", "kwargs"}
+    assert sorted(set(theirs["AutoRound"]) - ours - variadic) == []
+    save = set(inspect.signature(AutoRoundMLLM.quantize_and_save).parameters)
+    assert sorted(set(theirs["quantize_and_save"]) - save - variadic) == []
+
+
+def test_auto_rounds_autoscheme_and_scheme_dicts_as_scheme(tiny_llama):
+    from auto_round_mllm import AutoRound, AutoScheme
+    from auto_round_mllm.flags import job_from_keywords
+
+    job, _ = job_from_keywords("m", {"scheme": AutoScheme(3.0, ["W2A16", "W4A16"])}, caller="t")
+    assert job.mixed.schemes == ("W2A16", "W4A16") and job.mixed.avg_bits == 3.0
+    job, _ = job_from_keywords("m", {"scheme": {"bits": 2, "group_size": 64, "sym": False}}, caller="t")
+    assert (job.scheme.bits, job.scheme.group_size, job.scheme.sym) == (2, 64, False)
+    with pytest.raises(UserError, match="is not understood"):
+        job_from_keywords("m", {"scheme": {"nonsense": 1}}, caller="t")
+    assert AutoRound is __import__("auto_round_mllm").AutoRoundMLLM
+
+
+def test_quantize_and_save_tunes_and_writes_every_format(tiny_llama, tmp_path):
+    from auto_round_mllm import AutoRound
+
+    autoround = AutoRound(str(tiny_llama), iters=1, nsamples=2, seqlen=32, batch_size=2, device="cpu")
+    model, folders = autoround.quantize_and_save(tmp_path / "out", format="auto_round,fake")
+    assert model is autoround.model and len(folders) == 2
+    for folder in folders:
+        assert json.loads((Path(folder) / "config.json").read_text())["architectures"]
