@@ -118,7 +118,6 @@ FOREIGN_FLAGS: tuple[ForeignFlag, ...] = (
              "SignRound is the algorithm (--iters 0 for round-to-nearest)",
              aliases=("algorithms", "alg", "algs", "alg_config", "alg_configs"),
              accepts=lambda v: str(v).lower() in ("auto_round", "autoround", "signround")),
-    _refused("shared_layers", str, None, "layers sharing one data type", ONE_SCHEME, status=NOT_YET),
     _refused("static_kv_dtype", str, None, "KV-cache quantization", "leave it out: the KV cache stays in 16 bit"),
     _refused("static_kv_granularity", str, "tensor", "KV-cache quantization",
              "leave it out: the KV cache stays in 16 bit"),

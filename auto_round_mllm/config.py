@@ -322,6 +322,26 @@ class MemoryConfig:
         return self.low_gpu_mem_usage or self.cache_dir is not None
 
 
+def parse_shared_layers(value: Any) -> tuple[tuple[str, ...], ...]:
+    """``"q_proj,k_proj;gate_proj,up_proj"`` (groups split by ``;``, members by ``,``) or nested
+    lists (auto-round's API form) -> a tuple of groups."""
+    if not value:
+        return ()
+    groups = value.split(";") if isinstance(value, str) else list(value)
+    out = []
+    for group in groups:
+        members = group.split(",") if isinstance(group, str) else list(group)
+        members = tuple(str(m).strip() for m in members if str(m).strip())
+        if len(members) == 1:
+            raise UserError(
+                f"--shared_layers group {members[0]!r} has one member",
+                fix="e.g. 'q_proj,k_proj;gate_proj,up_proj'",
+            )
+        if members:
+            out.append(members)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class MixedBits:
     """auto-round's AutoScheme: each quantized layer takes one of ``schemes`` (presets, with the
@@ -331,11 +351,15 @@ class MixedBits:
     schemes: tuple[str, ...] = ()
     avg_bits: float | None = None
     ignore_scale_zp_bits: bool = False
+    shared_layers: tuple[tuple[str, ...], ...] = ()
+    """Groups of layers (name patterns, matched within each block) that take one scheme, beyond
+    the q/k/v and gate/up projections that always do (serving engines fuse them)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "schemes", tuple(str(s).strip().upper() for s in self.schemes if str(s).strip())
         )
+        object.__setattr__(self, "shared_layers", parse_shared_layers(self.shared_layers))
         unknown = [s for s in self.schemes if s not in PRESETS]
         if unknown:
             raise UserError(
@@ -373,6 +397,7 @@ class AutoScheme:
     avg_bits: float
     options: tuple[str, ...] | list[str] | str
     ignore_scale_zp_bits: bool = False
+    shared_layers: Any = None
 
     def keywords(self) -> dict[str, Any]:
         options = self.options.split(",") if isinstance(self.options, str) else list(self.options)
@@ -380,6 +405,7 @@ class AutoScheme:
             "schemes": tuple(options),
             "avg_bits": self.avg_bits,
             "ignore_scale_zp_bits": self.ignore_scale_zp_bits,
+            "shared_layers": parse_shared_layers(self.shared_layers),
         }
 
 
@@ -390,7 +416,10 @@ def scheme_keywords(scheme: Any) -> dict[str, Any]:
         return {"scheme": scheme}
     if hasattr(scheme, "avg_bits") and hasattr(scheme, "options"):
         return AutoScheme(
-            scheme.avg_bits, scheme.options, bool(getattr(scheme, "ignore_scale_zp_bits", False))
+            scheme.avg_bits,
+            scheme.options,
+            bool(getattr(scheme, "ignore_scale_zp_bits", False)),
+            getattr(scheme, "shared_layers", None),
         ).keywords()
     fields = scheme if isinstance(scheme, dict) else getattr(scheme, "__dict__", {})
     known = {

@@ -140,6 +140,12 @@ FLAGS: tuple[Flag, ...] = (
         "avg_bits", float, None, "With --schemes: the average bits per weight to meet (scales included).",
         aliases=("target_bits",), target="mixed.avg_bits", shown_default="none",
     ),
+    Flag(
+        "shared_layers", str, None,
+        "With --schemes: groups of layers (patterns within each block) that take one scheme, groups "
+        "split by ';' and members by ',' (q/k/v and gate/up always share: serving engines fuse them).",
+        target="mixed.shared_layers", shown_default="none",
+    ),
     _switch(
         "ignore_scale_zp_bits", "mixed.ignore_scale_zp_bits", True,
         "With --schemes: count only the weights' bits, not their scales' and zero points'.",

@@ -49,6 +49,7 @@ OTHER_VALUES = {
     "dynamic_max_gap": 10,
     "schemes": "W2A16,W4A16",
     "avg_bits": 3.0,
+    "shared_layers": "o_proj,down_proj",
 }
 COMPANIONS = {"schemes": {"avg_bits": 3.0}, "avg_bits": {"schemes": "W2A16,W4A16"}}
 """Flags that only make sense together: each is given with its companion."""

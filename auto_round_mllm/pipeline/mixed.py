@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from auto_round_mllm.config import QuantJob, QuantScheme
-from auto_round_mllm.layer_config import matching_entry
+from auto_round_mllm.layer_config import matching_entry, to_standard_regex
 from auto_round_mllm.models.layer_plan import LayerDecision
 from auto_round_mllm.models.streaming import StreamedWeights
 from auto_round_mllm.pipeline.blockwise import forward_all, place_outside_blocks, put_away
@@ -82,6 +83,11 @@ class MeasurePass:
         return errors
 
 
+FUSED_TOGETHER = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Layers of one block that vLLM (and SGLang) load as one fused matrix: they must share a scheme,
+or the checkpoint does not load there. Always grouped; ``--shared_layers`` adds groups."""
+
+
 def mixed_decisions(
     job: QuantJob,
     decisions: dict[str, LayerDecision],
@@ -92,52 +98,114 @@ def mixed_decisions(
 ) -> tuple[dict[str, LayerDecision], str]:
     """The plan with each free layer on its allocated scheme, and the summary's note. A layer is
     free when the job quantizes it and ``--layer_config`` does not fix it; its candidates are the
-    schemes the plan can store it with (each with its group-size fallback)."""
-    plans = {scheme: plan_for(scheme) for scheme in job.mixed.options(job.scheme.sym)}
-    candidates: dict[str, list[QuantScheme]] = {}
+    options the plan can store it with (each with its group-size fallback). Layers that must share
+    a scheme are allocated as one unit, on the options they all take."""
+    options = job.mixed.options(job.scheme.sym)
+    plans = {option: plan_for(option) for option in options}
+    candidates: dict[str, dict[QuantScheme, QuantScheme]] = {}  # layer -> option -> its scheme there
     for name, decision in decisions.items():
         if decision.quantized and matching_entry(name, job.layer_config) is None:
-            fitting = [plan[name].scheme for plan in plans.values() if plan[name].quantized]
+            fitting = {option: plan[name].scheme for option, plan in plans.items() if plan[name].quantized}
             if fitting:
-                candidates[name] = list(dict.fromkeys(fitting))  # type: ignore[arg-type]
+                candidates[name] = fitting  # type: ignore[assignment]
+    concrete = {name: list(dict.fromkeys(fitting.values())) for name, fitting in candidates.items()}
     errors: dict[str, dict[QuantScheme, float]] = {}
     for group, (block_names, batch_size) in groups.items():
         chosen = [b for b in block_names if any(name.startswith(b + ".") for name in candidates)]
         if chosen:
-            errors.update(measure.group(group, chosen, samples, candidates, batch_size))
-    layers = [
-        LayerOptions(
-            name,
-            decisions[name].in_features * decisions[name].out_features,
-            tuple(
-                Option(scheme, error, job.mixed.bits_per_weight(scheme, decisions[name].in_features))
-                for scheme, error in errors[name].items()
-            ),
-        )
-        for name in candidates
-        if name in errors
-    ]
+            errors.update(measure.group(group, chosen, samples, concrete, batch_size))
+    units = shared_units([n for n in candidates if n in errors], decisions, job.mixed.shared_layers)
+    layers = [unit_options(unit, candidates, errors, decisions, job) for unit in units]
+    layers = [layer for layer in layers if layer.options]
     chosen_options = allocate(layers, float(job.mixed.avg_bits or 0))
     out = dict(decisions)
-    for name, option in chosen_options.items():
-        source = plans[next(s for s, plan in plans.items() if plan[name].scheme == option.scheme)][name]
-        out[name] = dataclasses.replace(
-            source, note=f"{option.scheme.label} by --schemes" + (f"; {source.note}" if source.note else "")
-        )
+    for unit in units:
+        option = chosen_options.get(unit_name(unit))
+        for name in unit if option else []:
+            source = plans[option.scheme][name]
+            label = candidates[name][option.scheme].label
+            out[name] = dataclasses.replace(
+                source, note=f"{label} by --schemes" + (f"; {source.note}" if source.note else "")
+            )
     return out, mixed_note(layers, chosen_options, job)
+
+
+def unit_name(unit: list[str]) -> str:
+    return "+".join(unit)
+
+
+def shared_units(
+    names: list[str], decisions: dict[str, LayerDecision], shared: tuple[tuple[str, ...], ...]
+) -> list[list[str]]:
+    """``names`` grouped into units that share a scheme: within each block, the layers vLLM fuses
+    and the layers each ``--shared_layers`` group matches (a pattern per member, as a substring
+    or a regex, auto-round's rule); every other layer is a unit of its own."""
+    patterns = [[rf"\.{leaf}$" for leaf in group] for group in FUSED_TOGETHER]
+    patterns += [[to_standard_regex(p) for p in group] for group in shared]
+    unit_of: dict[str, int] = {}
+    units: list[list[str]] = []
+    by_block: dict[str, list[str]] = {}
+    for name in names:
+        by_block.setdefault(decisions[name].block, []).append(name)
+    for members in by_block.values():
+        for group in patterns:
+            matched = [n for n in members if any(re.search(p, n) for p in group)]
+            joined = sorted({unit_of[n] for n in matched if n in unit_of})
+            if len(matched) < 2:
+                continue
+            if joined:  # overlapping groups merge
+                target = joined[0]
+                for other in joined[1:]:
+                    for n in units[other]:
+                        unit_of[n] = target
+                    units[target] += units[other]
+                    units[other] = []
+            else:
+                target = len(units)
+                units.append([])
+            for n in matched:
+                if unit_of.get(n) != target:
+                    unit_of[n] = target
+                    units[target].append(n)
+    grouped = [sorted(unit) for unit in units if unit]
+    return grouped + [[n] for n in names if n not in unit_of]
+
+
+def unit_options(
+    unit: list[str],
+    candidates: dict[str, dict[QuantScheme, QuantScheme]],
+    errors: dict[str, dict[QuantScheme, float]],
+    decisions: dict[str, LayerDecision],
+    job: QuantJob,
+) -> LayerOptions:
+    """One allocation unit: the options every member takes, with the members' errors summed and
+    their bits per weight averaged by size."""
+    common = [o for o in candidates[unit[0]] if all(o in candidates[n] for n in unit)]
+    sizes = {n: decisions[n].in_features * decisions[n].out_features for n in unit}
+    total = sum(sizes.values())
+    options = []
+    for option in common:
+        error = sum(errors[n][candidates[n][option]] for n in unit)
+        bits = sum(
+            job.mixed.bits_per_weight(candidates[n][option], decisions[n].in_features) * sizes[n]
+            for n in unit
+        )
+        options.append(Option(option, error, bits / total))
+    return LayerOptions(unit_name(unit), total, tuple(options))
 
 
 def mixed_note(layers: list[LayerOptions], chosen: dict[str, Option], job: QuantJob) -> str:
     weights = sum(layer.weights for layer in layers)
     average = sum(chosen[layer.name].bits * layer.weights for layer in layers) / max(weights, 1)
     counts: dict[str, int] = {}
-    for option in chosen.values():
-        counts[option.scheme.label] = counts.get(option.scheme.label, 0) + 1
+    for layer in layers:
+        label = chosen[layer.name].scheme.label
+        counts[label] = counts.get(label, 0) + layer.name.count("+") + 1
     spread = ", ".join(f"{n} at {label}" for label, n in sorted(counts.items()))
     accounting = "weights only" if job.mixed.ignore_scale_zp_bits else "scales included"
     return (
         f"mixed bits: {average:.3f} bits per weight ({accounting}) against a budget of "
-        f"{job.mixed.avg_bits:g} over {len(chosen)} layers: {spread}"
+        f"{job.mixed.avg_bits:g} over {sum(counts.values())} layers: {spread}"
     )
 
 

@@ -10,6 +10,8 @@ import torch
 from tests.e2e.runs import tune_export
 from tests.e2e.test_group_size_fallback import same_logits
 
+LEAVES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
+
 
 def tune_and_write(model, out, fmt, **flags):
     return tune_export(model, out, fmt, iters=1, **flags)
@@ -30,6 +32,10 @@ def test_a_text_model_mixes_widths_within_the_budget_and_reloads_exactly(tiny_ll
     assert 3.0 < average_bits(job, tuned) <= 3.5
     assert any(note.startswith("mixed bits: ") and "budget of 3.5" in note for note in tuned.notes)
     assert all((d.note or "").startswith(f"{d.scheme.label} by --schemes") for d in tuned.decisions.values())
+    for block in range(4):  # the layers serving engines fuse share a scheme, or vLLM cannot load them
+        bits = {leaf: tuned.qweights[f"model.layers.{block}.{leaf}"].bits for leaf in LEAVES}
+        assert bits["self_attn.q_proj"] == bits["self_attn.k_proj"] == bits["self_attn.v_proj"]
+        assert bits["mlp.gate_proj"] == bits["mlp.up_proj"]
     same_logits(tuned, folder, packed_layers=28)
     if fmt == "auto_round":
         import auto_round  # noqa: F401  (PyPI auto-round's loader reads the per-layer bits too)
@@ -58,8 +64,16 @@ def test_the_more_sensitive_layers_get_the_bits(tiny_llama, tmp_path):
     tensors = load_file(model / "model.safetensors")
     tensors["model.layers.2.mlp.down_proj.weight"] *= 10
     save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
-    _, tuned, _ = tune_and_write(model, tmp_path / "out", "auto_round", schemes="W2A16,W4A16", avg_bits=2.6)
+    _, tuned, _ = tune_and_write(
+        model,
+        tmp_path / "out",
+        "auto_round",
+        schemes="W2A16,W4A16",
+        avg_bits=2.6,
+        shared_layers="o_proj,down_proj",
+    )
     assert tuned.qweights["model.layers.2.mlp.down_proj"].bits == 4
+    assert tuned.qweights["model.layers.2.self_attn.o_proj"].bits == 4  # shares down_proj's scheme
     assert sum(qw.bits == 2 for qw in tuned.qweights.values()) > 14
 
 

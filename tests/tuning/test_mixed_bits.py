@@ -65,3 +65,21 @@ def test_the_error_falls_with_bits_and_follows_the_inputs_scale():
     assert errors[0] > errors[1] > errors[2] > 0
     loud = torch.full((128,), 100.0)
     assert quantization_error(weight, W4, loud, torch.float16) == pytest.approx(100 * errors[1], rel=1e-4)
+
+
+def test_fused_and_shared_layers_form_one_unit_per_block():
+    from auto_round_mllm.models.layer_plan import LayerDecision
+    from auto_round_mllm.pipeline.mixed import shared_units
+
+    leaves = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+              "mlp.up_proj", "mlp.down_proj"]  # fmt: skip
+    names = [f"model.layers.{b}.{leaf}" for b in range(2) for leaf in leaves]
+    decisions = {n: LayerDecision(n, ".".join(n.split(".")[:3]), 64, 64, W4) for n in names}
+    units = shared_units(names, decisions, (("o_proj", "down_proj"),))
+    as_sets = {frozenset(unit) for unit in units}
+    for b in range(2):
+        p = f"model.layers.{b}."
+        assert frozenset({p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"}) in as_sets
+        assert frozenset({p + "mlp.gate_proj", p + "mlp.up_proj"}) in as_sets
+        assert frozenset({p + "self_attn.o_proj", p + "mlp.down_proj"}) in as_sets
+    assert len(units) == 6 and sorted(n for unit in units for n in unit) == sorted(names)
