@@ -14,6 +14,7 @@ form without quotes (``{mlp.down_proj:{bits:8}}``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -135,8 +136,6 @@ def entry_scheme(key: str, entry: dict[str, Any], default: QuantScheme) -> Quant
     """The scheme an entry gives a layer over ``default``; None for 16 bit. Refuses what a
     checkpoint cannot carry per layer: another data type, and a symmetry other than the job's
     (a GPTQ checkpoint's zero-point convention is one for all layers)."""
-    import dataclasses
-
     base = PRESETS[str(entry["scheme"]).upper()] if "scheme" in entry else default
     if "scheme" in entry:  # a preset sets bits and group size; the job's symmetry stays
         base = dataclasses.replace(base, sym=default.sym)

@@ -9,7 +9,6 @@ any block is tuned, so the tuning, the report and every export see one plan.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from collections.abc import Callable
 
@@ -26,8 +25,6 @@ from auto_round_mllm.pipeline.capture import capture_block_inputs
 from auto_round_mllm.tuning.mixed_bits import LayerOptions, Option, allocate, quantization_error
 from auto_round_mllm.tuning.signround import InputMeanSquares
 from auto_round_mllm.utils.device import Precision, torch_dtype
-
-log = logging.getLogger(__name__)
 
 PlanFor = Callable[[QuantScheme], dict[str, LayerDecision]]
 """The layer plan the job would have with one scheme for every layer."""
