@@ -342,6 +342,9 @@ def parse_shared_layers(value: Any) -> tuple[tuple[str, ...], ...]:
     return tuple(out)
 
 
+SENSITIVITIES = ("fisher", "local")
+
+
 @dataclass(frozen=True)
 class MixedBits:
     """auto-round's AutoScheme: each quantized layer takes one of ``schemes`` (presets, with the
@@ -354,12 +357,20 @@ class MixedBits:
     shared_layers: tuple[tuple[str, ...], ...] = ()
     """Groups of layers (name patterns, matched within each block) that take one scheme, beyond
     the q/k/v and gate/up projections that always do (serving engines fuse them)."""
+    sensitivity: str = "fisher"
+    """How a layer's error at a scheme is weighed: ``fisher`` by the Fisher information of the
+    model's output (pipeline/fisher.py), ``local`` by its own inputs' mean squares."""
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "schemes", tuple(str(s).strip().upper() for s in self.schemes if str(s).strip())
         )
         object.__setattr__(self, "shared_layers", parse_shared_layers(self.shared_layers))
+        if self.sensitivity not in SENSITIVITIES:
+            raise UserError(
+                f"unknown mixed-bits sensitivity {self.sensitivity!r}",
+                fix=f"use one of: {', '.join(SENSITIVITIES)}",
+            )
         unknown = [s for s in self.schemes if s not in PRESETS]
         if unknown:
             raise UserError(
@@ -398,6 +409,8 @@ class AutoScheme:
     options: tuple[str, ...] | list[str] | str
     ignore_scale_zp_bits: bool = False
     shared_layers: Any = None
+    method: str = "default"
+    """auto-round's ``default`` (its gradient-based delta loss) is our ``fisher``; ``local`` too."""
 
     def keywords(self) -> dict[str, Any]:
         options = self.options.split(",") if isinstance(self.options, str) else list(self.options)
@@ -406,6 +419,7 @@ class AutoScheme:
             "avg_bits": self.avg_bits,
             "ignore_scale_zp_bits": self.ignore_scale_zp_bits,
             "shared_layers": parse_shared_layers(self.shared_layers),
+            "mixed_sensitivity": "fisher" if self.method in ("default", None) else str(self.method),
         }
 
 
@@ -420,6 +434,7 @@ def scheme_keywords(scheme: Any) -> dict[str, Any]:
             scheme.options,
             bool(getattr(scheme, "ignore_scale_zp_bits", False)),
             getattr(scheme, "shared_layers", None),
+            getattr(scheme, "method", "default"),
         ).keywords()
     fields = scheme if isinstance(scheme, dict) else getattr(scheme, "__dict__", {})
     known = {

@@ -151,6 +151,12 @@ FLAGS: tuple[Flag, ...] = (
         "With --schemes: count only the weights' bits, not their scales' and zero points'.",
     ),
     Flag(
+        "mixed_sensitivity", str, "fisher",
+        "With --schemes: how a layer's error at a scheme is weighed: fisher (by the Fisher "
+        "information of the model's output, one backward pass) or local (by its own inputs).",
+        target="mixed.sensitivity",
+    ),
+    Flag(
         "group_size", int, None,
         "Input channels per scale: -1 (per channel), 32, 64, 128 or any divisor of in_features; a "
         "layer it does not divide takes the largest of 128/64/32 that does (default from --scheme: 128).",

@@ -6,13 +6,15 @@ against the full-precision model on held-out text (the scoring of scripts/bench_
 - ``uniform``: every layer at ``--uniform_bits`` (3 by default: the budget itself);
 - ``by-order``: the first half of the blocks at ``--high`` bits, the second half at ``--low``
   (``--layer_config``), the same average;
-- ``mixed``: ``--schemes`` with ``--avg_bits`` (sensitivity-measured allocation).
+- ``mixed``: ``--schemes`` with ``--avg_bits`` (sensitivity-measured allocation), once per
+  ``--sensitivities`` entry (``fisher``, the default, and ``local``) and per ``--schemes`` given.
 
 Every run uses one group size (the presets' 128; a width it does not divide falls back alike in
 all three). The budget counts weight bits only (``--ignore_scale_zp_bits``) so that the uniform width meets it
 exactly. Example (SmolLM2-135M, optimized RTN, then 50 iters)::
 
     python scripts/bench_mixed_bits.py --iters 0
+    python scripts/bench_mixed_bits.py --iters 0 --schemes W2A16,W4A16,W8A16 --schemes W2A16,W3A16,W4A16,W8A16
     python scripts/bench_mixed_bits.py --iters 50
 """
 
@@ -73,7 +75,10 @@ def main() -> None:
     parser.add_argument("--uniform_bits", type=int, default=3)
     parser.add_argument("--low", type=int, default=2)
     parser.add_argument("--high", type=int, default=4)
-    parser.add_argument("--schemes", default="W2A16,W4A16,W8A16")
+    parser.add_argument("--schemes", action="append", help="options of a mixed run (repeatable)")
+    parser.add_argument(
+        "--sensitivities", default="fisher,local", help="--mixed_sensitivity of each mixed run"
+    )
     parser.add_argument("--group_size", type=int, default=128)
     parser.add_argument("--iters", type=int, default=0)
     parser.add_argument("--nsamples", type=int, default=16)
@@ -92,11 +97,15 @@ def main() -> None:
     runs = [
         run_ours("uniform", model, calib, out / "uniform", ["--bits", str(args.uniform_bits)], args),
         run_ours("by-order", model, calib, out / "by-order", ["--layer_config", by_order], args),
-        run_ours(
-            "mixed", model, calib, out / "mixed",
-            ["--schemes", args.schemes, "--avg_bits", str(args.avg_bits), "--ignore_scale_zp_bits"], args,
-        ),
-    ]  # fmt: skip
+    ]
+    for schemes in args.schemes or ["W2A16,W4A16,W8A16"]:
+        for sensitivity in args.sensitivities.split(","):
+            name = f"mixed {schemes}, {sensitivity}"
+            flags = ["--schemes", schemes, "--avg_bits", str(args.avg_bits), "--ignore_scale_zp_bits",
+                     "--mixed_sensitivity", sensitivity]  # fmt: skip
+            runs.append(
+                run_ours(name, model, calib, out / name.replace(" ", "_").replace(",", "-"), flags, args)
+            )
     fp = score(runs, model, held_out, args)
     print(f"\n{args.model}, {args.iters} iters, {args.nsamples} x {args.seqlen}, group {args.group_size}, "
           f"seed {args.seed}, budget {args.avg_bits} weight bits; fp perplexity {fp:.2f}\n")  # fmt: skip

@@ -9,8 +9,10 @@ any block is tuned, so the tuning, the report and every export see one plan.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -22,9 +24,12 @@ from auto_round_mllm.models.streaming import StreamedWeights
 from auto_round_mllm.pipeline.blockwise import forward_all, place_outside_blocks, put_away
 from auto_round_mllm.pipeline.cache import CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
+from auto_round_mllm.pipeline.fisher import FisherPass, OutputHead, measured_layers, onload
 from auto_round_mllm.tuning.mixed_bits import LayerOptions, Option, allocate, quantization_error
 from auto_round_mllm.tuning.signround import InputMeanSquares
 from auto_round_mllm.utils.device import Precision, torch_dtype
+
+log = logging.getLogger(__name__)
 
 PlanFor = Callable[[QuantScheme], dict[str, LayerDecision]]
 """The layer plan the job would have with one scheme for every layer."""
@@ -38,6 +43,8 @@ class MeasurePass:
     cache: CachePlacement
     scale_dtype: torch.dtype
     weights: StreamedWeights | None
+
+    kind = "local"
 
     def group(
         self,
@@ -55,15 +62,8 @@ class MeasurePass:
             self.model, first, samples, device=self.device, cache=self.cache, skip_unreached=True
         )
         for block_name in block_names:
-            block = self.model.get_submodule(block_name)
-            if self.weights is not None:
-                self.weights.materialize(self.model, block_name)
-            block.to(self.device)
-            layers = {
-                rel: module
-                for rel, module in block.named_modules()
-                if isinstance(module, nn.Linear) and f"{block_name}.{rel}" in candidates
-            }
+            block = onload(self.model, block_name, self.weights, self.device)
+            layers = measured_layers(block, block_name, candidates)
             with InputMeanSquares(layers) as recorder:  # type: ignore[arg-type]
                 outputs = forward_all(
                     block, inputs, self.device, self.precision, batch_size, self.cache, recorder
@@ -85,18 +85,34 @@ FUSED_TOGETHER = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 or the checkpoint does not load there. Always grouped; ``--shared_layers`` adds groups."""
 
 
+class Measure(Protocol):
+    kind: str
+    """``local`` (each layer's own output error) or ``fisher`` (the model's output, pipeline/fisher.py)."""
+
+    def group(
+        self,
+        group: str,
+        block_names: list[str],
+        samples: list,
+        candidates: dict[str, list[QuantScheme]],
+        batch_size: int,
+    ) -> dict[str, dict[QuantScheme, float]]: ...
+
+
 def mixed_decisions(
     job: QuantJob,
     decisions: dict[str, LayerDecision],
     plan_for: PlanFor,
     groups: dict[str, tuple[list[str], int]],
-    measure: MeasurePass,
+    measures: dict[str, Measure],
     samples: list,
 ) -> tuple[dict[str, LayerDecision], str]:
     """The plan with each free layer on its allocated scheme, and the summary's note. A layer is
     free when the job quantizes it and ``--layer_config`` does not fix it; its candidates are the
     options the plan can store it with (each with its group-size fallback). Layers that must share
-    a scheme are allocated as one unit, on the options they all take."""
+    a scheme are allocated as one unit, on the options they all take. Errors measured two ways
+    (a vision tower's own errors beside the decoder's Fisher-weighted ones) do not compare, so
+    then each block list meets the budget on its own."""
     options = job.mixed.options(job.scheme.sym)
     plans = {option: plan_for(option) for option in options}
     candidates: dict[str, dict[QuantScheme, QuantScheme]] = {}  # layer -> option -> its scheme there
@@ -107,14 +123,25 @@ def mixed_decisions(
                 candidates[name] = fitting  # type: ignore[assignment]
     concrete = {name: list(dict.fromkeys(fitting.values())) for name, fitting in candidates.items()}
     errors: dict[str, dict[QuantScheme, float]] = {}
+    measured: dict[str, list[str]] = {}  # group -> its measured layers
     for group, (block_names, batch_size) in groups.items():
         chosen = [b for b in block_names if any(name.startswith(b + ".") for name in candidates)]
         if chosen:
-            errors.update(measure.group(group, chosen, samples, concrete, batch_size))
+            found = measures[group].group(group, chosen, samples, concrete, batch_size)
+            errors.update(found)
+            measured[group] = list(found)
     units = shared_units([n for n in candidates if n in errors], decisions, job.mixed.shared_layers)
     layers = [unit_options(unit, candidates, errors, decisions, job) for unit in units]
     layers = [layer for layer in layers if layer.options]
-    chosen_options = allocate(layers, float(job.mixed.avg_bits or 0))
+    kinds = {measures[group].kind for group in measured}
+    if len(kinds) > 1:
+        group_of = {name: group for group, names in measured.items() for name in names}
+        chosen_options: dict[str, Option] = {}
+        for group in measured:
+            part = [layer for layer in layers if group_of[layer.name.split("+")[0]] == group]
+            chosen_options.update(allocate(part, float(job.mixed.avg_bits or 0)))
+    else:
+        chosen_options = allocate(layers, float(job.mixed.avg_bits or 0))
     out = dict(decisions)
     for unit in units:
         option = chosen_options.get(unit_name(unit))
@@ -124,7 +151,7 @@ def mixed_decisions(
             out[name] = dataclasses.replace(
                 source, note=f"{label} by --schemes" + (f"; {source.note}" if source.note else "")
             )
-    return out, mixed_note(layers, chosen_options, job)
+    return out, mixed_note(layers, chosen_options, job, sorted(kinds))
 
 
 def unit_name(unit: list[str]) -> str:
@@ -191,7 +218,7 @@ def unit_options(
     return LayerOptions(unit_name(unit), total, tuple(options))
 
 
-def mixed_note(layers: list[LayerOptions], chosen: dict[str, Option], job: QuantJob) -> str:
+def mixed_note(layers: list[LayerOptions], chosen: dict[str, Option], job: QuantJob, kinds: list[str]) -> str:
     weights = sum(layer.weights for layer in layers)
     average = sum(chosen[layer.name].bits * layer.weights for layer in layers) / max(weights, 1)
     counts: dict[str, int] = {}
@@ -202,16 +229,39 @@ def mixed_note(layers: list[LayerOptions], chosen: dict[str, Option], job: Quant
     accounting = "weights only" if job.mixed.ignore_scale_zp_bits else "scales included"
     return (
         f"mixed bits: {average:.3f} bits per weight ({accounting}) against a budget of "
-        f"{job.mixed.avg_bits:g} over {sum(counts.values())} layers: {spread}"
+        f"{job.mixed.avg_bits:g} over {sum(counts.values())} layers: {spread} "
+        f"(sensitivity: {' and '.join(SENSITIVITY_WORDS[kind] for kind in kinds)})"
     )
 
 
-def measure_pass(
+SENSITIVITY_WORDS = {"fisher": "Fisher-weighted error", "local": "each layer's own error"}
+
+
+def measures_for(
     job: QuantJob,
     model: nn.Module,
+    groups: list[str],
+    text_group: str,
     device: torch.device,
     precision: Precision,
     cache: CachePlacement,
     weights: StreamedWeights | None,
-) -> MeasurePass:
-    return MeasurePass(model, device, precision, cache, torch_dtype(job.tuning.scale_dtype), weights)
+) -> dict[str, Measure]:
+    """How each block list's layers are measured: the text decoder by the Fisher information of
+    the model's output when ``--mixed_sensitivity fisher`` (the default) and the model has a head
+    we can run, everything else by each layer's own error."""
+    scale_dtype = torch_dtype(job.tuning.scale_dtype)
+    local = MeasurePass(model, device, precision, cache, scale_dtype, weights)
+    out: dict[str, Measure] = {group: local for group in groups}
+    if job.mixed.sensitivity == "fisher":
+        head = OutputHead.find(model, text_group)
+        if head is None:
+            log.warning(
+                "mixed bits: no final norm and lm_head found after %s; each layer's own error ranks the schemes",
+                text_group,
+            )
+        else:
+            out[text_group] = FisherPass(
+                model, head, device, precision, cache, scale_dtype, weights, seed=job.tuning.seed
+            )
+    return out

@@ -43,7 +43,7 @@ from auto_round_mllm.pipeline.blockwise import (
 )
 from auto_round_mllm.pipeline.cache import CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
-from auto_round_mllm.pipeline.mixed import measure_pass, mixed_decisions
+from auto_round_mllm.pipeline.mixed import measures_for, mixed_decisions
 from auto_round_mllm.pipeline.placement import BlockPlacement
 from auto_round_mllm.pipeline.resume import ResumeState, samples_fingerprint
 from auto_round_mllm.quant.tunable import QuantizedWeight
@@ -194,8 +194,17 @@ def plan_mixed_bits(
 
     groups = {group: (names, 1) for group, names in blocks.vision.items()}  # vision: one sample a batch
     groups[blocks.text_group] = (blocks.text_blocks, job.tuning.batch_size)
-    measure = measure_pass(job, loaded.model, where.device, where.precision, where.cache, loaded.streamed)
-    return mixed_decisions(job, decisions, plan_for, groups, measure, calibration.samples)
+    measures = measures_for(
+        job,
+        loaded.model,
+        list(groups),
+        blocks.text_group,
+        where.device,
+        where.precision,
+        where.cache,
+        loaded.streamed,
+    )
+    return mixed_decisions(job, decisions, plan_for, groups, measures, calibration.samples)
 
 
 def vision_tuning(tuning: TuningConfig) -> TuningConfig:

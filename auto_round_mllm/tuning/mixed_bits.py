@@ -1,18 +1,21 @@
 """Mixed bits (auto-round's AutoScheme): which scheme each layer takes to meet an average budget.
 
 Sensitivity is measured, not guessed. For every candidate scheme of a layer, the layer's weight is
-quantized the way SignRound starts it (round-to-nearest from the clipping search) and the error is
-weighed by the calibration inputs' mean square per column:
+quantized the way SignRound starts it (round-to-nearest from the clipping search) and each weight's
+squared error is weighed:
 
-    error(layer, scheme) = sum_j E[x_j^2] * sum_rows (w_rj - q(w)_rj)^2
+- by default by its diagonal Fisher information under the model's own predictions
+  (pipeline/fisher.py): ``error = sum_ij F_ij (w_ij - q(w)_ij)^2``, twice the KL the layer alone
+  adds to the model's output, to second order; it sees how an error grows through the blocks after
+  the layer;
+- with ``--mixed_sensitivity local`` by its input column's mean square, the squared error the layer
+  adds to its own output per token if its input columns were uncorrelated (llama.cpp's imatrix).
 
-which is the squared error the layer would add to its output per token if its input columns were
-uncorrelated (the importance weighting of the clipping search and of llama.cpp's imatrix). The
-allocation then minimises the sum of these errors over all layers subject to the average bits per
-weight (scales and zero points included unless told otherwise): a Lagrangian search for the price
-of a bit, each layer taking its cheapest-in-error-plus-price scheme, then the budget left filled by
-the upgrades that buy the most error per bit. SignRound then tunes every layer at its scheme; the
-errors it starts from rank the layers, they do not predict the tuned error.
+The allocation then minimises the sum of these errors over all layers subject to the average bits
+per weight (scales and zero points included unless told otherwise): a Lagrangian search for the
+price of a bit, each layer taking its cheapest-in-error-plus-price scheme, then the budget left
+filled by the upgrades that buy the most error per bit. SignRound then tunes every layer at its
+scheme; the errors it starts from rank the layers, they do not predict the tuned error.
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ class LayerOptions:
 
 
 @torch.no_grad()
-def quantization_error(
+def rounded_start(
     weight: Tensor, scheme: QuantScheme, input_mean_square: Tensor | None, scale_dtype: torch.dtype
-) -> float:
-    """The activation-weighted squared error of ``weight`` at ``scheme`` from SignRound's start."""
+) -> Tensor:
+    """``weight`` rounded the way SignRound starts it at ``scheme`` (round-to-nearest from the
+    clipping search, which weighs by the input columns as the tuning does), in fp32."""
     in_features = weight.shape[1]
     group_size = scheme.group_size_for(in_features)
     groups = to_groups(weight.detach(), group_size)
@@ -61,16 +65,31 @@ def quantization_error(
     scale, zp = qparams_from_range(
         wmin, wmax, scheme.bits, scheme.sym, ratios, ratios, scale_dtype=scale_dtype
     )
-    total = 0.0
+    out = torch.empty(groups.shape, dtype=torch.float32, device=weight.device)
     for start in range(0, groups.shape[0], CHUNK_ROWS):
         rows = slice(start, start + CHUNK_ROWS)
-        chunk = groups[rows].float()
-        squared = (fake_quant(chunk, scale[rows], zp[rows], scheme.bits) - chunk).pow_(2)
-        if columns is not None:
-            index = torch.arange(start, start + chunk.shape[0], device=chunk.device)
-            squared.mul_(columns[index % columns.shape[0]])
-        total += float(squared.sum())
-    return total
+        out[rows] = fake_quant(groups[rows].float(), scale[rows], zp[rows], scheme.bits)
+    return out.reshape(weight.shape)
+
+
+@torch.no_grad()
+def quantization_error(
+    weight: Tensor,
+    scheme: QuantScheme,
+    input_mean_square: Tensor | None,
+    scale_dtype: torch.dtype,
+    *,
+    element_weights: Tensor | None = None,
+) -> float:
+    """The weighted squared error of :func:`rounded_start`: each weight's squared error times
+    ``element_weights`` (its Fisher information, pipeline/fisher.py) when given, else times its
+    input column's mean square."""
+    squared = (rounded_start(weight, scheme, input_mean_square, scale_dtype) - weight.float()).pow_(2)
+    if element_weights is not None:
+        squared.mul_(element_weights.to(squared.device, torch.float32))
+    elif input_mean_square is not None:
+        squared.mul_(input_mean_square.to(squared.device, torch.float32))
+    return float(squared.sum())
 
 
 def allocate(layers: list[LayerOptions], avg_bits: float) -> dict[str, Option]:

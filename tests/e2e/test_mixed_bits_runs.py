@@ -17,8 +17,12 @@ def tune_and_write(model, out, fmt, **flags):
     return tune_export(model, out, fmt, iters=1, **flags)
 
 
-def average_bits(job, tuned):
-    weights = {name: d.in_features * d.out_features for name, d in tuned.decisions.items() if d.quantized}
+def average_bits(job, tuned, among=lambda name: True):
+    weights = {
+        name: d.in_features * d.out_features
+        for name, d in tuned.decisions.items()
+        if d.quantized and among(name)
+    }
     spent = sum(job.mixed.bits_per_weight(tuned.decisions[n].scheme, tuned.decisions[n].in_features) * w
                 for n, w in weights.items())  # fmt: skip
     return spent / sum(weights.values())
@@ -53,8 +57,20 @@ def test_a_text_model_mixes_widths_within_the_budget_and_reloads_exactly(tiny_ll
             )
 
 
-def test_the_more_sensitive_layers_get_the_bits(tiny_llama, tmp_path):
-    """Scaling one layer's weights up by 10 scales its error by 100: it must not be among the 2-bit ones."""
+def test_the_layers_the_output_is_most_sensitive_to_get_the_bits(tiny_llama, tmp_path):
+    """In the tiny Llama, rounding a layer of block 0 moves the output 20-100x more than one of
+    block 3 (tests/pipeline/test_fisher.py measures it): the Fisher-weighted allocation gives
+    block 0 the wide scheme and block 3 the narrow one."""
+    _, tuned, _ = tune_and_write(tiny_llama, tmp_path, "auto_round", schemes="W2A16,W4A16", avg_bits=3.0)
+    bits = {name: qw.bits for name, qw in tuned.qweights.items()}
+    assert all(bits[f"model.layers.0.{leaf}"] == 4 for leaf in LEAVES)
+    assert all(bits[f"model.layers.3.{leaf}"] == 2 for leaf in LEAVES)
+    assert any("(sensitivity: Fisher-weighted error)" in note for note in tuned.notes)
+
+
+def test_the_layers_with_the_largest_own_error_get_the_bits(tiny_llama, tmp_path):
+    """--mixed_sensitivity local: scaling one layer's weights up by 10 scales its own error by 100:
+    it must not be among the 2-bit ones."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -71,6 +87,7 @@ def test_the_more_sensitive_layers_get_the_bits(tiny_llama, tmp_path):
         schemes="W2A16,W4A16",
         avg_bits=2.6,
         shared_layers="o_proj,down_proj",
+        mixed_sensitivity="local",
     )
     assert tuned.qweights["model.layers.2.mlp.down_proj"].bits == 4
     assert tuned.qweights["model.layers.2.self_attn.o_proj"].bits == 4  # shares down_proj's scheme
@@ -88,6 +105,11 @@ def test_a_vision_language_model_with_its_vision_tower(tiny_qwen2_vl, tmp_path):
     assert average_bits(job, tuned) <= 3.0
     config = json.loads((folder / "config.json").read_text())["quantization_config"]
     assert len(config["extra_config"]) > 0
+    # the decoder's Fisher-weighted errors and the tower's own errors do not compare: each list
+    # meets the budget on its own
+    assert any("Fisher-weighted error and each layer's own error" in note for note in tuned.notes)
+    assert average_bits(job, tuned, lambda name: ".visual." not in name) <= 3.0
+    assert average_bits(job, tuned, lambda name: ".visual." in name) <= 3.0
 
 
 @pytest.mark.parametrize(
