@@ -13,6 +13,7 @@ import torch
 
 from auto_round_mllm.errors import UserError
 from auto_round_mllm.evaluate.lm_eval_tasks import (
+    OPTION_NAMES,
     LmEvalSettings,
     evaluate_tasks,
     prepare,
@@ -198,3 +199,12 @@ def test_an_older_lm_eval_is_refused(monkeypatch, lm_eval_task_dir):
         UserError, match=r"needs lm-eval 0\.4\.13 or later; 0\.4\.2 is installed; pip install -U"
     ):
         prepare(LmEvalSettings(tasks=str(lm_eval_task_dir)))
+
+
+def test_the_settings_are_the_flag_tables_run_options():
+    from auto_round_mllm.flags import BY_NAME, RUN_OPTIONS
+
+    assert set(OPTION_NAMES) <= set(RUN_OPTIONS)
+    for name in OPTION_NAMES:
+        assert BY_NAME[name].target is None and BY_NAME[name].default in (None, False)
+    assert LmEvalSettings(tasks="a, b").tasks == ("a", "b")
