@@ -478,14 +478,19 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
 def summarize(model: str, raw: Mapping[str, Any], settings: LmEvalSettings, seconds: float) -> LmEvalResult:
-    """lm-eval's result dictionary, reduced to numbers; lm-eval's ``none`` filter suffix dropped."""
+    """lm-eval's result dictionary, reduced to numbers (its "N/A" and NaN standard errors of tasks
+    too small to have one are left out); lm-eval's ``none`` filter suffix dropped."""
     metrics: dict[str, dict[str, float]] = {}
     for task, values in raw["results"].items():
         metrics[task] = {
             key.removesuffix(",none"): float(value)
             for key, value in values.items()
-            if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+            if "," in key and is_number(value)
         }
     return LmEvalResult(
         model=model,
