@@ -119,6 +119,34 @@ def test_a_folder_of_tasks_a_fraction_and_task_by_task(checkpoints, lm_eval_task
         assert apart.metrics[task] == pytest.approx(metrics, rel=1e-3)
 
 
+def test_task_by_task_halves_the_batch_size_on_running_out_of_memory(monkeypatch, lm_eval_task_dir):
+    """auto-round's retry: a task that runs out of memory runs again at half the batch size."""
+    import types
+
+    from auto_round_mllm.evaluate import lm_eval_tasks
+
+    plan = prepare(LmEvalSettings(tasks=str(lm_eval_task_dir / "tiny_choice.yaml"), eval_bs=8))
+    tried = []
+
+    def fits_at(largest):
+        def fake_evaluate(lm, plan, names):
+            tried.append(lm.batch_size_per_gpu)
+            if lm.batch_size_per_gpu > largest:
+                raise torch.OutOfMemoryError("out of memory")
+            return {"results": {}}
+
+        return fake_evaluate
+
+    monkeypatch.setattr(lm_eval_tasks, "evaluate", fits_at(2))
+    lm = types.SimpleNamespace()
+    assert lm_eval_tasks.evaluate_with_retry(lm, plan, ["tiny_choice"]) == {"results": {}}
+    assert tried == [8, 4, 2]
+    monkeypatch.setattr(lm_eval_tasks, "evaluate", fits_at(0))
+    with pytest.raises(torch.OutOfMemoryError):  # at batch size 1 there is nothing left to halve
+        lm_eval_tasks.evaluate_with_retry(lm, plan, ["tiny_choice"])
+    assert lm.batch_size_per_gpu == 1
+
+
 def write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     path.write_text(text, encoding="utf-8")
