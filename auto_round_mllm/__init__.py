@@ -20,6 +20,7 @@ _LAZY = {
     "TuningConfig": "auto_round_mllm.config",
     "PRESETS": "auto_round_mllm.config",
     "UserError": "auto_round_mllm.errors",
+    "evaluate_tasks": "auto_round_mllm.evaluate.lm_eval_tasks",
     "load_dequantized": "auto_round_mllm.inference.dequantize",
     "load_quantized": "auto_round_mllm.inference.loader",
 }
@@ -36,6 +37,7 @@ __all__ = [
     "TuningConfig",
     "UserError",
     "__version__",
+    "evaluate_tasks",
     "load_dequantized",
     "load_quantized",
     "quantize",
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from auto_round_mllm.api import AutoRound, AutoRoundMLLM, quantize
     from auto_round_mllm.config import PRESETS, AutoScheme, QuantJob, QuantScheme, TuningConfig
     from auto_round_mllm.errors import UserError
+    from auto_round_mllm.evaluate.lm_eval_tasks import evaluate_tasks
     from auto_round_mllm.inference.dequantize import load_dequantized
     from auto_round_mllm.inference.loader import load_quantized
     from auto_round_mllm.report import QuantResult

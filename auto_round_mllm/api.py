@@ -198,7 +198,8 @@ class AutoRoundMLLM:
         if ignored:
             log.warning(
                 "AutoRoundMLLM: %s shape(s) the command line's run and do nothing here "
-                "(quantize(job, resume=True) resumes; evaluate() checks a checkpoint)",
+                "(quantize(job, resume=True) resumes; evaluate() checks a checkpoint, "
+                "evaluate_tasks() runs lm-eval on one)",
                 ", ".join(ignored),
             )
 

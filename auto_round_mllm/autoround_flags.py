@@ -97,9 +97,7 @@ def _accepted(name: str, kind: type, default: Any, why: str, **more: Any) -> For
     return ForeignFlag(name, kind, default, why, "", accepts=_always, **more)
 
 
-EVAL_FIX = (
-    "quantize, then run `auto-round-mllm eval --model OUTPUT --tasks ...` (or pass --eval for our checks)"
-)
+EVAL_FIX = "leave it out: --tasks runs lm-eval through transformers on the checkpoint our loader reads"
 ROTATION_FIX = "leave it out: no rotation is applied"
 DIFFUSION_FIX = "auto-round-mllm quantizes language and vision-language models"
 AWQ_FIX = "leave it out: SignRound tunes the weights (--format auto_awq stores them in AWQ's layout)"
@@ -125,18 +123,9 @@ FOREIGN_FLAGS: tuple[ForeignFlag, ...] = (
              "leave it out: attention runs in 16 bit"),
     _refused("static_attention_granularity", str, "tensor", "attention quantization",
              "leave it out: attention runs in 16 bit"),
-    _refused("tasks", str, None, "lm-eval tasks after quantizing", EVAL_FIX, aliases=("task",), status=NOT_YET),
-    _refused("eval_bs", int, None, "lm-eval's batch size", EVAL_FIX, status=NOT_YET),
-    _refused("limit", str, None, "an lm-eval example limit", EVAL_FIX, status=NOT_YET),
-    _refused("num_fewshot", int, None, "lm-eval few-shot examples", EVAL_FIX, status=NOT_YET),
-    _refused("eval_gen_kwargs", str, None, "lm-eval generation settings", EVAL_FIX, status=NOT_YET),
-    _refused("fewshot_as_multiturn", bool, False, "lm-eval's multi-turn few-shot", EVAL_FIX, status=NOT_YET),
-    _refused("eval_task_by_task", bool, False, "lm-eval task by task", EVAL_FIX, status=NOT_YET),
     _refused("eval_backend", str, "hf", "another evaluation backend", EVAL_FIX,
-             accepts=lambda v: str(v).lower() == "hf", status=NOT_YET),
+             accepts=lambda v: str(v).lower() == "hf"),
     _refused("vllm_args", str, None, "evaluation through vLLM", EVAL_FIX),
-    _refused("eval_model_dtype", str, None, "the evaluation model's dtype", EVAL_FIX, status=NOT_YET),
-    _refused("add_bos_token", bool, False, "a BOS token in evaluation", EVAL_FIX, status=NOT_YET),
     _refused("model_free", bool, False, "model-free round-to-nearest",
              "use --iters 0 for round-to-nearest through the model"),
     _accepted("disable_model_free", bool, False, "runs always go through the model"),

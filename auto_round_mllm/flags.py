@@ -400,6 +400,48 @@ FLAGS: tuple[Flag, ...] = (
         "eval", None, True, "After quantizing, run `auto-round-mllm eval` on the output against the model.",
         doc="After quantizing, run the [evaluation](#evaluation) checks against the original model",
     ),
+    Flag(
+        "tasks", str, None,
+        "lm-eval tasks to run on the checkpoint (after quantizing: the first format written): a comma "
+        "list of task names or paths to task YAML files or folders. Needs the lm-eval package.",
+        aliases=("task",), shown_default="none",
+        doc="After quantizing, run lm-eval tasks on the checkpoint (see [lm-eval tasks](#lm-eval-tasks))",
+    ),
+    Flag("eval_bs", int, None, "lm-eval batch size (default 16).", shown_default="16"),
+    Flag(
+        "limit", float, None, "lm-eval documents per task: a count, or a fraction of each task's when below 1.",
+        shown_default="all",
+    ),
+    Flag(
+        "num_fewshot", int, None, "lm-eval few-shot examples per prompt (default: each task's own).",
+        shown_default="the task's",
+    ),
+    Flag(
+        "eval_gen_kwargs", str, None,
+        "lm-eval generation settings for generate_until tasks: key=value,... (temperature=0,max_gen_toks=64).",
+    ),
+    _switch(
+        "fewshot_as_multiturn", None, True,
+        "With --apply_chat_template, lm-eval's few-shot examples as separate chat turns.",
+    ),
+    _switch(
+        "apply_chat_template", None, True,
+        "Render lm-eval prompts with the tokenizer's chat template (lm-eval's own option).",
+        autoround=False,
+    ),
+    _switch(
+        "add_bos_token", None, True,
+        "lm-eval prompts start with the BOS token (default: the tokenizer's habit; Llama's adds it).",
+    ),
+    _switch(
+        "eval_task_by_task", None, True,
+        "One lm-eval run per task, halving the batch size and retrying a task that runs out of memory.",
+    ),
+    Flag(
+        "eval_model_dtype", str, None,
+        "dtype lm-eval's model is loaded in: auto (the checkpoint's), float16, bfloat16, float32.",
+        shown_default="`auto`",
+    ),
     _switch("debug", None, True, "Verbose logs and full tracebacks.", autoround=False),
 )  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -187,3 +188,51 @@ def fake_quant_fp32(tuned):
         for name, qw in tuned.qweights.items():
             modules[name].weight.copy_(qw.dequantize(torch.float32))
     return model
+
+
+LM_EVAL_CHOICES = [
+    {"question": "The sky is", "choices": ["blue", "green", "loud"], "answer": 0},
+    {"question": "Two plus two is", "choices": ["three", "four", "five"], "answer": 1},
+    {"question": "Water is", "choices": ["dry", "wet", "red"], "answer": 1},
+    {"question": "Fire is", "choices": ["cold", "hot", "blue"], "answer": 1},
+    {"question": "Ice is", "choices": ["cold", "hot", "soft"], "answer": 0},
+    {"question": "Grass is", "choices": ["purple", "green", "loud"], "answer": 1},
+]
+LM_EVAL_TEXTS = [
+    "The sky is blue and the grass is green.",
+    "Two plus two is four, said the teacher.",
+    "Water is wet; fire is hot; ice is cold.",
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def write_lm_eval_tasks(folder: Path) -> Path:
+    """A multiple-choice task and a rolling-loglikelihood task over local JSONL files: lm-eval's
+    ``dataset_path: json`` reads them offline."""
+    folder.mkdir(parents=True, exist_ok=True)
+    choices = write_jsonl(folder / "choices.jsonl", LM_EVAL_CHOICES)
+    texts = write_jsonl(folder / "texts.jsonl", [{"text": t} for t in LM_EVAL_TEXTS])
+    common = "dataset_path: json\ntest_split: test\n"
+    (folder / "tiny_choice.yaml").write_text(
+        f"task: tiny_choice\n{common}dataset_kwargs:\n  data_files:\n    test: {choices}\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: answer\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n",
+        encoding="utf-8",
+    )
+    (folder / "tiny_rolling.yaml").write_text(
+        f"task: tiny_rolling\n{common}dataset_kwargs:\n  data_files:\n    test: {texts}\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: bits_per_byte\n  - metric: byte_perplexity\n",
+        encoding="utf-8",
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lm_eval_task_dir(tmp_path_factory) -> Path:
+    """A folder of two local lm-eval tasks (see :func:`write_lm_eval_tasks`). Do not modify it."""
+    return write_lm_eval_tasks(tmp_path_factory.mktemp("lm-eval-tasks"))

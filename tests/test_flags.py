@@ -96,7 +96,9 @@ def test_every_flag_reaches_its_field(flag):
 
 
 def test_run_options_are_not_job_fields():
-    assert set(RUN_OPTIONS) == {"json", "eval", "debug", "resume"}
+    from auto_round_mllm.evaluate.lm_eval_tasks import OPTION_NAMES
+
+    assert set(RUN_OPTIONS) == {"json", "eval", "debug", "resume", *OPTION_NAMES}
 
 
 def test_contradictions_are_refused_with_both_names():

@@ -63,6 +63,7 @@ def quantize_command(ctx: typer.Context, **values: Any) -> None:
 
     check_foreign({name: values.pop(name) for name in FOREIGN})
     run = {name: values.pop(name) for name in RUN_OPTIONS}
+    settings = lm_eval_settings(run)
     # Only the flags typed: a flag left at its default must not override --recipe (and sets the
     # job's default anyway).
     job = job_from_flags(**{name: value for name, value in values.items() if given(ctx, name)})
@@ -71,7 +72,29 @@ def quantize_command(ctx: typer.Context, **values: Any) -> None:
             "--resume and --force contradict each other (--force discards an unfinished run)",
             fix="pass --resume to continue it, or --force to start again",
         )
-    run_job(job, json_output=run["json"], run_eval=run["eval"], resume=run["resume"])
+    tasks = None
+    if settings is not None:  # before quantizing: a typo in --tasks must not cost the whole run
+        from auto_round_mllm.evaluate.lm_eval_tasks import prepare
+
+        tasks = prepare(settings)
+    run_job(job, json_output=run["json"], run_eval=run["eval"], resume=run["resume"], tasks=tasks)
+
+
+def lm_eval_settings(values: dict[str, Any], *, unused_too: tuple[str, ...] = ()) -> Any:
+    """The lm-eval settings among the command's values (taken out of ``values``), or None without
+    ``--tasks``; lm-eval options given without it are named in a warning, not silently dropped."""
+    from auto_round_mllm.evaluate.lm_eval_tasks import OPTION_NAMES, LmEvalSettings
+
+    options = {name: values.pop(name) for name in OPTION_NAMES}
+    if options["tasks"] is not None:
+        return LmEvalSettings(**options)
+    unused = [f"--{name}" for name, value in options.items() if value not in (None, False)]
+    unused += [f"--{name}" for name in unused_too]
+    if unused:
+        logging.getLogger("auto_round_mllm").warning(
+            "%s %s no effect without --tasks", ", ".join(unused), "has" if len(unused) == 1 else "have"
+        )
+    return None
 
 
 def given(ctx: typer.Context, name: str) -> bool:
@@ -87,6 +110,17 @@ def option_names(spellings: tuple[str, ...], negatives: tuple[str, ...] = ()) ->
     return [f"{name}/{off[i]}" if i < len(off) else name for i, name in enumerate(on)]
 
 
+def flag_parameter(flag: Any) -> inspect.Parameter:
+    """The command parameter of one row of the flag table."""
+    option = typer.Option(
+        flag.default,
+        *option_names(flag.spellings, flag.negative),
+        help=flag.help,
+        show_default=not flag.negative,
+    )
+    return inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=flag.kind)
+
+
 def flag_parameters() -> list[inspect.Parameter]:
     """The command's parameters: one per row of the flag table (auto_round_mllm/flags.py), and
     auto-round's flags that set nothing here (auto_round_mllm/autoround_flags.py), hidden from
@@ -96,14 +130,7 @@ def flag_parameters() -> list[inspect.Parameter]:
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-    for flag in FLAGS:
-        option = typer.Option(
-            flag.default,
-            *option_names(flag.spellings, flag.negative),
-            help=flag.help,
-            show_default=not flag.negative,
-        )
-        params.append(inspect.Parameter(flag.name, keyword, default=option, annotation=flag.kind))
+    params.extend(flag_parameter(flag) for flag in FLAGS)
     for foreign in FOREIGN_FLAGS:
         negatives = (foreign.negative,) if foreign.negative else ()
         default = False if foreign.kind is bool else None
@@ -123,30 +150,58 @@ def _register_quantize_command() -> None:
 _register_quantize_command()
 
 
-def run_job(job: Any, *, json_output: bool, run_eval: bool = False, resume: bool = False) -> None:
+def run_job(
+    job: Any, *, json_output: bool, run_eval: bool = False, resume: bool = False, tasks: Any = None
+) -> None:
+    """Quantize, then the checks (``--eval``) and lm-eval (``tasks``, a checked plan) on the first
+    output folder; lm-eval's numbers go to the summary and ``--json``'s ``lm_eval``, not into the
+    checkpoint's report, which is written before they exist."""
     from auto_round_mllm import api
-    from auto_round_mllm.cli.summary import RichProgress, render_summary
+    from auto_round_mllm.cli.summary import RichProgress, render_lm_eval, render_summary
 
     err = Console(stderr=True)
     result = api.quantize(job, progress=RichProgress(err, job.tuning.iters), resume=resume)
     data = result.to_dict()
+    folder = next(iter(result.outputs.values()))
     if run_eval:
         from auto_round_mllm.evaluate.quality import evaluate
 
-        report = evaluate(
-            next(iter(result.outputs.values())), baseline=job.model, trust_remote_code=job.trust_remote_code
-        )
+        report = evaluate(folder, baseline=job.model, trust_remote_code=job.trust_remote_code)
         data["eval"] = report.to_dict()
+    if tasks is not None:
+        scores = tasks_on_output(folder, tasks, job)
+        data["lm_eval"] = scores.to_dict()
     if json_output:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     render_summary(Console(), result)
     if run_eval:
         show_eval(report, json_output=False)
+    if tasks is not None:
+        render_lm_eval(Console(), scores)
 
 
-@app.command("eval")
+def tasks_on_output(folder: str, plan: Any, job: Any) -> Any:
+    """lm-eval on a fresh checkpoint; a failure says the checkpoint is written."""
+    from auto_round_mllm.evaluate.lm_eval_tasks import run_tasks
+
+    try:
+        return run_tasks(folder, plan, device=job.device, trust_remote_code=job.trust_remote_code)
+    except UserError as exc:
+        raise UserError(
+            f"{exc.problem} (the quantized checkpoint is written: {folder})",
+            fix="; ".join(
+                filter(None, [exc.fix, f"then run `auto-round-mllm eval --model {folder} --tasks ...`"])
+            ),
+        ) from exc
+
+
+CHECK_OPTIONS = ("baseline", "dataset", "image_dataset", "nsamples", "seqlen")
+"""``eval``'s options for the checks, which ``--tasks`` replaces."""
+
+
 def eval_command(
+    ctx: typer.Context,
     model: str = typer.Option(
         ..., *names("--model"), help="A quantized checkpoint (any format we write) or a model."
     ),
@@ -161,17 +216,24 @@ def eval_command(
     ),
     nsamples: int = typer.Option(8, *names("--nsamples"), help="Samples per check."),
     seqlen: int = typer.Option(512, *names("--seqlen"), help="Tokens per text sample."),
-    tasks: str = typer.Option(
-        None, *names("--tasks"), help="lm-eval tasks (comma list); needs the lm_eval package."
+    device: str = typer.Option(
+        "auto", *names("--device"), help="Device lm-eval runs on (--tasks): auto, cpu, cuda, cuda:N ..."
     ),
     trust_remote_code: bool = typer.Option(False, *names("--trust_remote_code"), help="Allow remote code."),
     json_output: bool = typer.Option(False, *names("--json"), help="Print the report as JSON on stdout."),
     debug: bool = typer.Option(False, *names("--debug"), help="Verbose logs and full tracebacks."),
+    **lm_eval_options: Any,
 ) -> None:
-    """Check a quantized checkpoint: perplexity, agreement with the full-precision model, generation."""
+    """Check a quantized checkpoint: perplexity, agreement with the full-precision model, generation;
+    or, with --tasks, run lm-eval tasks on it instead."""
     setup_logging(debug=debug)
-    if tasks:
-        run_tasks(model, tasks)
+    unused = ("device",) if given(ctx, "device") else ()
+    settings = lm_eval_settings(lm_eval_options, unused_too=unused)
+    if settings is not None:
+        eval_tasks(
+            ctx, model, settings, device=device, trust_remote_code=trust_remote_code, json_output=json_output
+        )
+        return
     from auto_round_mllm.evaluate.quality import evaluate
 
     report = evaluate(
@@ -186,18 +248,40 @@ def eval_command(
     show_eval(report, json_output=json_output)
 
 
-def run_tasks(model: str, tasks: str) -> None:
-    import importlib.util
+def _register_eval_command() -> None:
+    """``eval`` takes the flag table's lm-eval rows (``--tasks``, ``--limit`` ...) as they are."""
+    from auto_round_mllm.evaluate.lm_eval_tasks import OPTION_NAMES
+    from auto_round_mllm.flags import BY_NAME
 
-    if importlib.util.find_spec("lm_eval") is None:
-        raise UserError(
-            "--tasks needs the lm-eval package, which is not installed",
-            fix="pip install lm-eval (and lmms-eval for multimodal tasks), or leave --tasks out",
-        )
-    from lm_eval import simple_evaluate
+    own = [p for p in inspect.signature(eval_command).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params = own + [flag_parameter(BY_NAME[name]) for name in OPTION_NAMES]
+    eval_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    eval_command.__annotations__ |= {p.name: p.annotation for p in params[len(own) :]}
+    app.command("eval")(eval_command)
 
-    results = simple_evaluate(model="hf", model_args=f"pretrained={model}", tasks=tasks.split(","))
-    Console().print_json(data=results.get("results", {}))
+
+def eval_tasks(
+    ctx: typer.Context, model: str, settings: Any, *, device: str, trust_remote_code: bool, json_output: bool
+) -> None:
+    """``eval --tasks``: the checks' options would be ignored, so they are refused; everything lm-eval
+    can check is checked before the weights load."""
+    from auto_round_mllm.cli.summary import render_lm_eval
+    from auto_round_mllm.evaluate import lm_eval_tasks
+    from auto_round_mllm.models.loading import resolve_model_dir
+
+    for name in CHECK_OPTIONS:
+        if given(ctx, name):
+            raise UserError(
+                f"--{name} belongs to eval's checks, which --tasks replaces",
+                fix="run eval once with --tasks and once without it for the checks",
+            )
+    resolve_model_dir(model)
+    plan = lm_eval_tasks.prepare(settings)
+    result = lm_eval_tasks.run_tasks(model, plan, device=device, trust_remote_code=trust_remote_code)
+    if json_output:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    render_lm_eval(Console(), result)
 
 
 def show_eval(report: Any, *, json_output: bool) -> None:
@@ -224,6 +308,8 @@ def show_eval(report: Any, *, json_output: bool) -> None:
     for who, text in report.generation.items():
         console.print(f"[bold]{who}:[/] {text!r}", highlight=False)
 
+
+_register_eval_command()
 
 LISTABLE = ("schemes", "formats", "models", "datasets", "templates", "processors")
 
@@ -273,7 +359,16 @@ def setup_logging(*, debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO, handlers=[handler], format="%(message)s", force=True
     )
-    for noisy in ("transformers", "accelerate", "datasets", "huggingface_hub", "urllib3", "filelock"):
+    noisy_loggers = (
+        "transformers",
+        "accelerate",
+        "datasets",
+        "huggingface_hub",
+        "urllib3",
+        "filelock",
+        "lm_eval",
+    )
+    for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
     if not debug:  # transformers' own tqdm bars would interleave with ours
         from transformers.utils import logging as hf_logging

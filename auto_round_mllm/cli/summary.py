@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from auto_round_mllm.pipeline.blockwise import BlockReport, ProgressSink
 from auto_round_mllm.report import QuantResult
+
+if TYPE_CHECKING:
+    from auto_round_mllm.evaluate.lm_eval_tasks import LmEvalResult
 
 OWN_SCHEMES_SHOWN = 20
 """Layers with a scheme of their own listed one per line; a mixed-bits run lists the count of the rest."""
@@ -129,3 +134,32 @@ def render_summary(console: Console, result: QuantResult) -> None:
         console.print(f"[yellow]kept in 16 bit[/] {name}: {reason}")
     for note in result.notes:
         console.print(f"[yellow]note[/] {note}")
+
+
+def fmt_metric(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4e}"
+
+
+def render_lm_eval(console: Console, result: LmEvalResult) -> None:
+    """lm-eval's numbers, one row per metric with its standard error, each task's first row
+    saying how many documents it scored and with how many few-shot examples."""
+    table = Table(
+        title=f"lm-eval {result.lm_eval_version} on {result.model} ({result.seconds:.1f}s)",
+        title_justify="left",
+    )
+    for column, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("stderr", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    shown: set[str] = set()
+    for task, metric, value, stderr in result.rows():
+        label = ""
+        if task not in shown:
+            shown.add(task)
+            docs = result.samples.get(task)
+            shots = result.num_fewshot.get(task)
+            details = [
+                f"{docs} docs" if docs is not None else "",
+                f"{shots}-shot" if shots is not None else "",
+            ]
+            label = task + (f" ({', '.join(d for d in details if d)})" if any(details) else "")
+        table.add_row(label, metric, fmt_metric(value), "-" if stderr is None else fmt_metric(stderr))
+    console.print(table)
