@@ -35,16 +35,6 @@ def _number_at_least(lowest: float) -> Callable[[Any], bool]:
     return accepts
 
 
-def _number_is(expected: float) -> Callable[[Any], bool]:
-    def accepts(value: Any) -> bool:
-        try:
-            return float(value) == expected
-        except (TypeError, ValueError):
-            return False
-
-    return accepts
-
-
 @dataclass(frozen=True)
 class ForeignFlag:
     """One of auto-round's flags with no field here."""
@@ -160,12 +150,8 @@ FOREIGN_FLAGS: tuple[ForeignFlag, ...] = (
              "use --format auto_round, auto_gptq or auto_awq", status=NOT_YET),
     _refused("super_group_size", int, None, "double-quantized scales (GGUF K-quants)",
              "use --format auto_round, auto_gptq or auto_awq", status=NOT_YET),
-    _refused("quant_lm_head", bool, False, "quantizing lm_head", "leave it out: lm_head stays in 16 bit",
-             negative="no-quant_lm_head", status=NOT_YET),
     _refused("enable_neuqi", bool, False, "the NeUQI grid search",
              "use a few SignRound --iters instead (they start from the clipping search)"),
-    _refused("nblocks", int, 1, "tuning several blocks jointly", "leave it at 1", accepts=_number_is(1),
-             status=NOT_YET),
     _refused("enable_norm_bias_tuning", bool, False, "tuning norms and biases",
              "leave it out: norms and biases keep their values", negative="no-enable_norm_bias_tuning",
              status=NOT_YET),
@@ -206,8 +192,6 @@ FOREIGN_FLAGS: tuple[ForeignFlag, ...] = (
     _refused("smooth_lr", float, None, "trainable smoothing", ROTATION_FIX),
     _refused("loss_type", str, None, "another tuning loss", "leave it out: the block output's MSE is the loss"),
     _refused("kl_top_k", int, None, "a KL tuning loss", "leave it out: the block output's MSE is the loss"),
-    _refused("untie_embeddings", bool, False, "untying embeddings (for quantizing lm_head)",
-             "leave it out: lm_head stays in 16 bit", negative="no-untie_embeddings", status=NOT_YET),
 )  # fmt: skip
 
 BY_NAME: dict[str, ForeignFlag] = {flag.name: flag for flag in FOREIGN_FLAGS}
