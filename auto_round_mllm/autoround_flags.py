@@ -4,7 +4,7 @@ refused in one line where they ask for what we do not build.
 auto-round 0.16.1's command has about 150 option strings; :mod:`auto_round_mllm.flags` implements
 the ones with a meaning here. The rest are rows of this table, so that a batch script written for
 auto-round either runs unchanged (``--mllm``, ``--disable_opt_rtn``, ``--act_bits 16``,
-``--no-quant_lm_head`` ask for our behaviour) or stops before any weight is read with the reason
+``--allow_online_rotation`` ask for our behaviour) or stops before any weight is read with the reason
 and what to use instead. Nothing is silently ignored: a value other than the one that means "what
 we do" is refused. ``tests/test_autoround_flags.py`` reads auto-round's own parser and checks that
 every option string it has is known here or in the main table.
@@ -29,16 +29,6 @@ def _number_at_least(lowest: float) -> Callable[[Any], bool]:
     def accepts(value: Any) -> bool:
         try:
             return float(value) >= lowest
-        except (TypeError, ValueError):
-            return False
-
-    return accepts
-
-
-def _number_is(expected: float) -> Callable[[Any], bool]:
-    def accepts(value: Any) -> bool:
-        try:
-            return float(value) == expected
         except (TypeError, ValueError):
             return False
 
@@ -149,12 +139,8 @@ FOREIGN_FLAGS: tuple[ForeignFlag, ...] = (
              "use --format auto_round, auto_gptq or auto_awq", status=NOT_YET),
     _refused("super_group_size", int, None, "double-quantized scales (GGUF K-quants)",
              "use --format auto_round, auto_gptq or auto_awq", status=NOT_YET),
-    _refused("quant_lm_head", bool, False, "quantizing lm_head", "leave it out: lm_head stays in 16 bit",
-             negative="no-quant_lm_head", status=NOT_YET),
     _refused("enable_neuqi", bool, False, "the NeUQI grid search",
              "use a few SignRound --iters instead (they start from the clipping search)"),
-    _refused("nblocks", int, 1, "tuning several blocks jointly", "leave it at 1", accepts=_number_is(1),
-             status=NOT_YET),
     _refused("enable_norm_bias_tuning", bool, False, "tuning norms and biases",
              "leave it out: norms and biases keep their values", negative="no-enable_norm_bias_tuning",
              status=NOT_YET),
@@ -195,14 +181,12 @@ FOREIGN_FLAGS: tuple[ForeignFlag, ...] = (
     _refused("smooth_lr", float, None, "trainable smoothing", ROTATION_FIX),
     _refused("loss_type", str, None, "another tuning loss", "leave it out: the block output's MSE is the loss"),
     _refused("kl_top_k", int, None, "a KL tuning loss", "leave it out: the block output's MSE is the loss"),
-    _refused("untie_embeddings", bool, False, "untying embeddings (for quantizing lm_head)",
-             "leave it out: lm_head stays in 16 bit", negative="no-untie_embeddings", status=NOT_YET),
 )  # fmt: skip
 
 BY_NAME: dict[str, ForeignFlag] = {flag.name: flag for flag in FOREIGN_FLAGS}
 BY_SPELLING: dict[str, ForeignFlag] = {s: flag for flag in FOREIGN_FLAGS for s in flag.spellings}
 NEGATIVES: dict[str, ForeignFlag] = {flag.negative: flag for flag in FOREIGN_FLAGS if flag.negative}
-"""``no-NAME`` spellings: as Python keywords, ``no-quant_lm_head=False`` asks for ``quant_lm_head``."""
+"""``no-NAME`` spellings: as Python keywords, ``no-enable_lfq=False`` asks for ``enable_lfq``."""
 
 
 def check_foreign(values: Mapping[str, Any]) -> None:

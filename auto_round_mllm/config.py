@@ -167,6 +167,8 @@ class TuningConfig:
     dynamic_max_gap: int = -1
     """Stop a block's tuning when the best loss has not improved for this many steps (auto-round's
     ``dynamic_max_gap``; -1 or 0: never)."""
+    nblocks: int = 1
+    """Consecutive blocks tuned together against their joint output (auto-round's ``nblocks``)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -174,6 +176,7 @@ class TuningConfig:
             (self.nsamples > 0, f"nsamples={self.nsamples} must be > 0", "use e.g. 128"),
             (self.seqlen > 0, f"seqlen={self.seqlen} must be > 0", "use e.g. 2048"),
             (self.batch_size > 0, f"batch_size={self.batch_size} must be > 0", "use e.g. 8"),
+            (self.nblocks > 0, f"nblocks={self.nblocks} must be > 0", "use 1 (default) or e.g. 2"),
             (
                 self.gradient_accumulate_steps > 0,
                 f"gradient_accumulate_steps={self.gradient_accumulate_steps} must be > 0",
@@ -467,6 +470,10 @@ class QuantJob:
     """Per-layer schemes by name or pattern (auto_round_mllm/layer_config.py), normalized."""
     mixed: MixedBits = field(default_factory=MixedBits)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    quant_lm_head: bool = False
+    """Quantize the output embeddings too, tuned layer-wise after the blocks (pipeline/head.py)."""
+    untie_embeddings: bool = False
+    """Give a tied lm_head its own weight, so that quantizing it leaves the input embeddings alone."""
 
     def __post_init__(self) -> None:
         if not self.model:

@@ -256,6 +256,12 @@ FLAGS: tuple[Flag, ...] = (
         "already give the same bytes on the CPU).",
     ),
     Flag(
+        "nblocks", int, 1,
+        "Tune this many consecutive blocks together, against their joint output (more memory, "
+        "fewer block boundaries).",
+        target="tuning.nblocks",
+    ),
+    Flag(
         "dynamic_max_gap", int, -1,
         "Stop a block's tuning when the best loss has not improved for this many steps (-1: never).",
         target="tuning.dynamic_max_gap",
@@ -309,6 +315,18 @@ FLAGS: tuple[Flag, ...] = (
         "Also quantize the vision tower's blocks (batch 1 with gradient accumulation); the text "
         "blocks then calibrate on the quantized vision tower's output.",
         doc="Also quantize the vision tower's blocks (see [Vision modules](#vision-modules))",
+    ),
+    _switch(
+        "quant_lm_head", "quant_lm_head", True,
+        "Also quantize lm_head (the job's scheme, or --layer_config's), tuned on its own after the "
+        "blocks on the quantized model's final hidden states.",
+        negative=("no-quant_lm_head",),
+    ),
+    _switch(
+        "untie_embeddings", "untie_embeddings", True,
+        "With --quant_lm_head on a model whose lm_head shares the input embeddings' weight: give "
+        "lm_head its own copy (the checkpoint then stores both and says tie_word_embeddings false).",
+        negative=("no-untie_embeddings",),
     ),
     Flag(
         "dataset", str, None,

@@ -27,6 +27,7 @@ from auto_round_mllm.layer_config import check_layer_config
 from auto_round_mllm.models.architecture import model_skeleton
 from auto_round_mllm.models.family import ModelFamily, family_for_model_type, select_blocks
 from auto_round_mllm.models.loading import LoadedModel, read_config, resolve_model_dir
+from auto_round_mllm.pipeline.head import head_problem
 from auto_round_mllm.pipeline.placement import parse_device_map
 from auto_round_mllm.utils.device import resolve_device
 from auto_round_mllm.utils.dtype_policy import load_dtype_name
@@ -76,6 +77,7 @@ def check_job(job: QuantJob) -> Devices:
         check_cache_dir(Path(job.memory.cache_dir))
     check_layer_config(job.layer_config, job.scheme)
     check_mixed_bits(job)
+    check_lm_head_flags(job)
     for fmt in job.export.formats:
         exporter = EXPORTERS.get(fmt)
         exporter.check(job.scheme)
@@ -119,6 +121,31 @@ def check_mixed_bits(job: QuantJob) -> None:
         )
 
 
+def check_lm_head_flags(job: QuantJob) -> None:
+    """``--quant_lm_head`` needs a format whose loaders read a quantized lm_head, and is not mixed
+    (the allocation measures the blocks' layers only); ``--untie_embeddings`` only serves it."""
+    if job.untie_embeddings and not job.quant_lm_head:
+        raise UserError(
+            "--untie_embeddings unties lm_head so that --quant_lm_head can quantize it alone, but "
+            "--quant_lm_head is not given",
+            fix="add --quant_lm_head, or leave --untie_embeddings out",
+        )
+    if not job.quant_lm_head:
+        return
+    for fmt in job.export.formats:
+        if not EXPORTERS.get(fmt).quantized_head:
+            raise UserError(
+                f"--quant_lm_head with --format {fmt}: its loaders keep lm_head in 16 bit",
+                fix="use --format auto_round or auto_gptq, or leave --quant_lm_head out",
+            )
+    if job.mixed.active:
+        raise UserError(
+            "--quant_lm_head with --schemes: the mixed-bits allocation measures the blocks' layers, not lm_head",
+            fix='give lm_head its scheme with --layer_config \'{"lm_head": "W8A16"}\' instead of --schemes, '
+            "or leave --quant_lm_head out",
+        )
+
+
 def check_cache_dir(folder: Path) -> None:
     """The activation spill folder must be a folder we can write in (it is created if missing)."""
     try:
@@ -145,6 +172,10 @@ def check_architecture(
         log.debug("no meta skeleton for %s: %s", model_dir, exc)
         return []
     blocks = select_blocks(skeleton, family, job.to_quant_block_names)
+    if job.quant_lm_head:
+        problem = head_problem(skeleton, job, blocks[0].rsplit(".", 1)[0])
+        if problem is not None:
+            raise problem
     modules = dict(skeleton.named_modules())
     if not any(isinstance(m, torch.nn.Linear) for name in blocks for m in modules[name].modules()):
         raise UserError(

@@ -73,10 +73,12 @@ def test_defaults_pass_and_other_values_are_refused_with_the_fix(flag):
 
 
 def test_values_that_ask_for_our_behaviour_are_accepted():
-    check_foreign({"act_bits": 16, "platform": "hf", "algorithm": "auto_round", "nblocks": 1})
+    check_foreign({"act_bits": 16, "platform": "hf", "algorithm": "auto_round"})
     check_foreign({"mllm": True, "disable_model_free": True})
-    with pytest.raises(UserError, match="--nblocks 2: tuning several blocks jointly is not built yet"):
-        check_foreign({"nblocks": 2})
+    with pytest.raises(
+        UserError, match=r"--super_group_size 16: double-quantized scales .* is not built yet"
+    ):
+        check_foreign({"super_group_size": 16})
 
 
 def test_the_command_refuses_before_anything_is_read(tmp_path, capsys):
@@ -94,10 +96,11 @@ def test_autorounds_spellings_of_our_switches():
     assert job.memory.streaming is False and job.tuning.enable_minmax_tuning is False
     job, _ = job_from_keywords("m", {"low_cpu_mem_usage": True, "bit": 2, "mllm": True}, caller="t")
     assert job.memory.streaming is True and job.scheme.bits == 2
-    with pytest.raises(UserError, match="quant_lm_head=True: quantizing lm_head is not built yet"):
-        job_from_keywords("m", {"quant_lm_head": True}, caller="t")
-    with pytest.raises(UserError, match=r"^nblocks=2: tuning several blocks jointly"):
-        job_from_keywords("m", {"nblocks": 2}, caller="t")
-    job_from_keywords("m", {"no-quant_lm_head": True}, caller="t")
-    with pytest.raises(UserError, match="quantizing lm_head"):
-        job_from_keywords("m", {"no-quant_lm_head": False}, caller="t")
+    job, _ = job_from_keywords(
+        "m", {"quant_lm_head": True, "untie_embeddings": True, "nblocks": 2}, caller="t"
+    )
+    assert job.quant_lm_head and job.untie_embeddings and job.tuning.nblocks == 2
+    job, _ = job_from_keywords("m", {"no-quant_lm_head": True}, caller="t")
+    assert job.quant_lm_head is False
+    job, _ = job_from_keywords("m", {"no-quant_lm_head": False}, caller="t")
+    assert job.quant_lm_head is True

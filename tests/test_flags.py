@@ -47,6 +47,8 @@ OTHER_VALUES = {
     "recipe": "light",
     "momentum": 0.9,
     "dynamic_max_gap": 10,
+    "nblocks": 2,
+    "mixed_sensitivity": "local",
     "schemes": "W2A16,W4A16",
     "avg_bits": 3.0,
     "shared_layers": "o_proj,down_proj",

@@ -86,6 +86,9 @@ class AutoRoundExporter:
     def __init__(self, name: str, packing: str | None) -> None:
         self.name = name
         self.requested = packing
+        # auto-round's loader reads a quantized lm_head from extra_config in every packing, but
+        # auto_round:auto_awq asks for AutoAWQ-style loaders, which keep it in 16 bit
+        self.quantized_head = packing != AWQ_PACKING
 
     def check(self, scheme: QuantScheme) -> None:
         if scheme.data_type != "int":
@@ -127,7 +130,8 @@ class AutoRoundExporter:
         }
         fp_layers = [d.name for d in data.decisions.values() if not d.quantized]
         extra = {name: {"bits": 16, "data_type": "float"} for name in both_conventions(name_for, fp_layers)}
-        for layer, own in data.own_schemes.items():  # read by auto-round's loader, vLLM and ours
+        own_schemes = {**data.own_schemes, **data.outside_blocks}  # lm_head: auto-round's convention
+        for layer, own in own_schemes.items():  # read by auto-round's loader, vLLM and ours
             for name in both_conventions(name_for, [layer]):
                 extra[name] = {
                     "bits": own.bits,

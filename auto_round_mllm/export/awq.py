@@ -25,6 +25,7 @@ class AWQExporter:
     name = "auto_awq"
     scale_storage = "float16"
     per_layer_schemes = False
+    quantized_head = False
 
     def check(self, scheme: QuantScheme) -> None:
         if scheme.bits != 4 or scheme.data_type != "int":

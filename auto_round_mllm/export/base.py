@@ -52,6 +52,17 @@ class ExportInput:
         }
 
     @functools.cached_property
+    def outside_blocks(self) -> dict[str, QuantScheme]:
+        """Quantized layers outside every block list (lm_head, with ``--quant_lm_head``): configs
+        name them one by one, since their block lists do not cover them."""
+        prefixes = tuple(f"{group}." for group in self.block_groups)
+        return {
+            name: d.scheme
+            for name, d in self.decisions.items()
+            if d.scheme is not None and not name.startswith(prefixes)
+        }
+
+    @functools.cached_property
     def not_marlin(self) -> dict[str, str]:
         """Layers vLLM's Marlin kernels cannot take (they then run on slower GPTQ/AWQ kernels):
         found once per run, whichever Marlin formats are written."""
@@ -62,6 +73,8 @@ class Exporter(Protocol):
     name: str
     scale_storage: str | None
     per_layer_schemes: bool
+    quantized_head: bool
+    """Whether the format's loaders read a quantized lm_head (AWQ's keep it in 16 bit)."""
     """Whether the format's config can give single layers their own scheme (auto_round's
     ``extra_config``, GPTQ's ``dynamic``); AWQ's holds one for all."""
     """The dtype this format's files store scales in (``float16``), or None when it stores no

@@ -17,6 +17,7 @@ class FakeExporter:
     name = "fake"
     scale_storage = None
     per_layer_schemes = True
+    quantized_head = True
 
     def check(self, scheme: QuantScheme) -> None:
         """Any scheme: nothing is packed."""

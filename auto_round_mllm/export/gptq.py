@@ -31,6 +31,7 @@ class GPTQExporter:
     name = "auto_gptq"
     scale_storage = "float16"
     per_layer_schemes = True
+    quantized_head = True
 
     def check(self, scheme: QuantScheme) -> None:
         if scheme.data_type != "int":
@@ -66,7 +67,7 @@ class GPTQExporter:
             "damp_percent": 0.01,
             "checkpoint_format": checkpoint_format,
             "format": checkpoint_format,
-            "lm_head": False,
+            "lm_head": bool(data.outside_blocks),  # GPTQModel's and vLLM's switch for a packed lm_head
             "pack_dtype": "int32",
             "provider": f"auto-round-mllm {__version__}",
             # One string of live (transformers 5) module names: optimum prefix-tests live names

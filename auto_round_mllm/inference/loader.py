@@ -74,7 +74,27 @@ def quantized_linear_names(model: nn.Module, config: dict[str, Any]) -> list[str
         from auto_round_mllm.models.family import family_for_model_type, text_block_list
 
         found = in_blocks([text_block_list(model, family_for_model_type(model.config.model_type))])
-    return found
+    return found + [name for name in packed_heads(model, config) if name not in found]
+
+
+def packed_heads(model: nn.Module, config: dict[str, Any]) -> list[str]:
+    """Packed Linears outside the block lists (lm_head, quantized with ``--quant_lm_head``):
+    GPTQ's ``lm_head: true`` names the output embeddings; auto-round's ``extra_config`` names
+    each one with a scheme of 8 bits or fewer."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if config.get("quant_method") == "gptq":
+        if not config.get("lm_head") or not isinstance(head, nn.Linear):
+            return []
+        return [name for name, module in model.named_modules() if module is head]
+    if config.get("quant_method") != "auto-round":
+        return []
+    extra = config.get("extra_config") or {}
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name in extra and not excluded(config, name)
+    ]
 
 
 def replace_linears(model: nn.Module, config: dict[str, Any]) -> int:

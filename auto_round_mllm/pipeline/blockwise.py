@@ -57,6 +57,8 @@ class BlockReport:
 class BlockwiseResult:
     qweights: dict[str, QuantizedWeight] = field(default_factory=dict)
     blocks: list[BlockReport] = field(default_factory=list)
+    streams: Streams | None = None
+    """The streams leaving the last block run (with ``through_end``, the list's last block)."""
 
 
 class ProgressSink:
@@ -151,6 +153,29 @@ def blocks_in_forward_order(group: str, group_size: int, block_names: list[str])
     return [f"{group}.{i}" for i in range(indices[0], min(indices[-1] + 1, group_size))]
 
 
+def tuning_units(order: list[str], nblocks: int) -> list[list[str]]:
+    """``order`` cut into runs of ``nblocks`` consecutive blocks, each tuned against its joint
+    output (auto-round's ``nblocks``; the last run may be shorter)."""
+    return [order[start : start + nblocks] for start in range(0, len(order), nblocks)]
+
+
+class BlockChain(nn.Module):
+    """Consecutive blocks called as one: each takes the previous one's hidden states and the same
+    arguments (attention mask, position embeddings), which the blocks of one list share. Its
+    children are named by block index, so a Linear's name inside the chain is its name inside
+    the block list."""
+
+    def __init__(self, names: list[str], blocks: list[nn.Module]) -> None:
+        super().__init__()
+        for name, block in zip(names, blocks, strict=True):
+            self.add_module(name.rsplit(".", 1)[1], block)
+
+    def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        for block in self.children():
+            hidden = run_block(block, hidden, args, kwargs)
+        return hidden
+
+
 def quantize_blocks(
     model: nn.Module,
     *,
@@ -169,8 +194,12 @@ def quantize_blocks(
     weights: StreamedWeights | None = None,
     cache: CachePlacement | None = None,
     placement: BlockPlacement | None = None,
+    through_end: bool = False,
 ) -> BlockwiseResult:
     """Quantize ``block_names`` (members of the block list ``group``) in forward order.
+
+    ``through_end``: run on to the list's last block, so that the result's streams are the final
+    hidden states (what ``--quant_lm_head`` tunes on).
 
     ``streams`` are the first block's inputs when the caller captured them (the text blocks after
     the vision tower was quantized: full-precision and quantized streams differ from the start);
@@ -201,17 +230,21 @@ def quantize_blocks(
         weights=weights,
         kernel=quantizer_kernel(config, device, tuner),
     )
-    order = blocks_in_forward_order(group, len(model.get_submodule(group)), block_names)
+    size = len(model.get_submodule(group))
+    order = blocks_in_forward_order(group, size, block_names)
+    if through_end:
+        order += [f"{group}.{i}" for i in range(int(order[-1].rsplit(".", 1)[1]) + 1, size)]
     finished = loop.restore_finished()
-    if finished and len(finished) == len(loop.chosen):
+    if finished and len(finished) == len(loop.chosen) and not (through_end and tuner.needs_data):
         return loop.result
     if tuner.needs_data and streams is None:
         streams = loop.capture(order[0], samples, only_samples_reaching)
     if finished:
         streams = loop.saved_streams(finished[-1], streams)
         order = order[order.index(finished[-1]) + 1 :]
-    for block_name in order:
-        streams = loop.advance(block_name, streams)
+    for unit in tuning_units(order, config.nblocks):
+        streams = loop.advance(unit, streams)
+    loop.result.streams = streams
     return loop.result
 
 
@@ -293,60 +326,74 @@ class BlockLoop:
         block.requires_grad_(False)
         return block
 
-    def advance(self, block_name: str, streams: Streams | None) -> Streams | None:
-        """Run one block: tune it if chosen, and return the streams entering the next block."""
+    def advance(self, unit: list[str], streams: Streams | None) -> Streams | None:
+        """Run one unit (a block, or ``--nblocks`` consecutive ones): tune it if it holds a chosen
+        block, and return the streams entering the next unit."""
         started = time.perf_counter()
         devices.reset_peak_memory(self.device)
-        block = self.onload(block_name)
-        targets = self.run_all(block, streams.full) if streams else None
-        if block_name not in self.chosen:
+        blocks = [self.onload(name) for name in unit]
+        module = blocks[0] if len(unit) == 1 else BlockChain(unit, blocks)
+        prefix = unit[0] if len(unit) == 1 else self.group  # what Linear names inside ``module`` follow
+        targets = self.run_all(module, streams.full) if streams else None
+        if not self.chosen.intersection(unit):
             if streams is not None and targets is not None:
                 same = streams.quantized is streams.full
                 streams = streams.advance(
-                    targets, targets if same else self.run_all(block, streams.quantized)
+                    targets, targets if same else self.run_all(module, streams.quantized)
                 )
-            put_away(self.model, block_name, self.weights)
+            for name in unit:
+                put_away(self.model, name, self.weights)
             return streams
-        report, qweights, streams = self.tune_one(block_name, block, streams, targets)
+        report, qweights, streams = self.tune_one(unit, prefix, module, streams, targets)
         devices.synchronize(self.device)
         report.seconds = time.perf_counter() - started
         report.peak_device_gb = devices.peak_memory_gb(self.device)
-        put_away(self.model, block_name, self.weights)
+        for name in unit:
+            put_away(self.model, name, self.weights)
         devices.empty_cache(self.device)
-        self.record(block_name, report, qweights, streams)
+        self.record(unit, report, qweights, streams)
         return streams
 
     def tune_one(
-        self, block_name: str, block: nn.Module, streams: Streams | None, targets: list[torch.Tensor] | None
+        self,
+        unit: list[str],
+        prefix: str,
+        module: nn.Module,
+        streams: Streams | None,
+        targets: list[torch.Tensor] | None,
     ) -> tuple[BlockReport, dict[str, QuantizedWeight], Streams | None]:
-        """Wrap the block's Linears, measure round-to-nearest, tune, unwrap with the quantized
-        weights written back, and measure the tuned block on the calibration set."""
+        """Wrap the unit's Linears, measure round-to-nearest, tune, unwrap with the quantized
+        weights written back, and measure the tuned unit on the calibration set. The quantized
+        weights are keyed by full name."""
         config = self.config
         wrapped = wrap_linears(
-            block,
-            scheme_lookup(self.decisions, block_name),
+            module,
+            scheme_lookup(self.decisions, prefix),
             enable_minmax_tuning=config.enable_minmax_tuning,
             scale_dtype=devices.torch_dtype(config.scale_dtype),
             kernel=self.kernel,
         )
         report = BlockReport(
-            name=block_name,
+            name=unit[0] if len(unit) == 1 else f"{unit[0]}-{unit[-1].rsplit('.', 1)[1]}",
             quantized_layers=len(wrapped),
-            total_layers=sum(1 for d in self.decisions.values() if d.block == block_name),
+            total_layers=sum(1 for d in self.decisions.values() if d.block in unit),
         )
         ctx = None
         if streams is not None and targets is not None:
             ctx = self.context(streams, targets)
             if wrapped:
-                self.measure_rtn(block, wrapped, ctx, report)
+                self.measure_rtn(module, wrapped, ctx, report)
         if wrapped:
-            outcome = self.tuner.tune_block(block, wrapped, ctx)
+            outcome = self.tuner.tune_block(module, wrapped, ctx)
             report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss
             report.best_iter = outcome.best_iter
             report.steps = outcome.iters
-        qweights = {rel: qw.to("cpu") for rel, qw in unwrap_linears(block, wrapped, write_back=True).items()}
+        qweights = {
+            f"{prefix}.{rel}": qw.to("cpu")
+            for rel, qw in unwrap_linears(module, wrapped, write_back=True).items()
+        }
         if ctx is not None and streams is not None and targets is not None:
-            quantized_out = self.run_all(block, ctx.inputs)
+            quantized_out = self.run_all(module, ctx.inputs)
             report.final_loss = mse(quantized_out, targets, ctx.inputs)
             streams = streams.advance(targets, quantized_out if config.enable_quanted_input else targets)
         return report, qweights, streams
@@ -377,21 +424,48 @@ class BlockLoop:
 
     def record(
         self,
-        block_name: str,
+        unit: list[str],
         report: BlockReport,
         qweights: dict[str, QuantizedWeight],
         streams: Streams | None,
     ) -> None:
-        """Keep the block's result; with a resume folder, commit it there first (the export then
+        """Keep the unit's result, one report per block (a unit's blocks share its losses and
+        time); with a resume folder, commit it there first, all blocks at once (the export then
         reads the committed copy, layer by layer)."""
+        reports = [
+            report
+            if len(unit) == 1
+            else dataclasses.replace(
+                report,
+                name=name,
+                quantized_layers=sum(1 for key in qweights if key.startswith(f"{name}.")),
+                total_layers=sum(1 for d in self.decisions.values() if d.block == name),
+                seconds=report.seconds / len(unit),
+            )
+            for name in unit
+        ]
+        by_block = {
+            name: {
+                key.removeprefix(f"{name}."): qw for key, qw in qweights.items() if key.startswith(f"{name}.")
+            }
+            for name in unit
+        }
         if self.resume is not None:
-            self.resume.commit(block_name, qweights, dataclasses.asdict(report), stream_state(streams))
-            self.result.qweights.update(self.resume.stored_qweights(block_name))
+            self.resume.commit(
+                [
+                    (name, by_block[name], dataclasses.asdict(r))
+                    for name, r in zip(unit, reports, strict=True)
+                ],
+                stream_state(streams),
+            )
+            for name in unit:
+                self.result.qweights.update(self.resume.stored_qweights(name))
         else:
-            self.result.qweights.update({f"{block_name}.{rel}": qw for rel, qw in qweights.items()})
-        self.result.blocks.append(report)
-        log.debug("block %s: %s", block_name, report)
-        self.progress.block_done(report)
+            self.result.qweights.update(qweights)
+        for block_report in reports:
+            self.result.blocks.append(block_report)
+            log.debug("block %s: %s", block_report.name, block_report)
+            self.progress.block_done(block_report)
 
 
 def quantizer_kernel(config: TuningConfig, device: torch.device, tuner: Tuner) -> QdqKernel:

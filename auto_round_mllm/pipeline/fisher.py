@@ -35,6 +35,7 @@ from auto_round_mllm.models.streaming import StreamedWeights
 from auto_round_mllm.pipeline.blockwise import forward_all, place_outside_blocks, put_away
 from auto_round_mllm.pipeline.cache import CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
+from auto_round_mllm.pipeline.head import final_norm
 from auto_round_mllm.tuning.block_inputs import BlockInputs, run_block
 from auto_round_mllm.tuning.mixed_bits import quantization_error
 from auto_round_mllm.tuning.signround import InputMeanSquares
@@ -45,9 +46,9 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class OutputHead:
-    """What turns the last block's hidden states into logits: the decoder's final norm (an
-    attribute ``norm`` of the module that holds the block list, as in every decoder transformers
-    ships), the output embeddings, and Gemma's final logit soft-capping."""
+    """What turns the last block's hidden states into logits: the decoder's final norm
+    (:func:`~auto_round_mllm.pipeline.head.final_norm`), the output embeddings, and Gemma's final
+    logit soft-capping."""
 
     norm: nn.Module | None
     lm_head: nn.Module
@@ -59,9 +60,8 @@ class OutputHead:
         has no final norm we can name: then the caller measures each layer's own error."""
         get_head = getattr(model, "get_output_embeddings", None)
         lm_head = get_head() if callable(get_head) else None
-        parent = model.get_submodule(group.rsplit(".", 1)[0]) if "." in group else model
-        norm = getattr(parent, "norm", None)
-        if not isinstance(lm_head, nn.Module) or not isinstance(norm, nn.Module):
+        norm = final_norm(model, group)
+        if not isinstance(lm_head, nn.Module) or norm is None:
             return None
         config = getattr(model, "config", None)
         text_config = getattr(config, "text_config", None) or config

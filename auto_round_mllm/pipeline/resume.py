@@ -269,27 +269,30 @@ class ResumeState:
     # -- committing --------------------------------------------------------------------------
     def commit(
         self,
-        block: str,
-        qweights: dict[str, QuantizedWeight],
-        report: dict[str, Any],
+        blocks: list[tuple[str, dict[str, QuantizedWeight], dict[str, Any]]],
         streams: tuple[list[torch.Tensor], list[torch.Tensor] | None] | None,
     ) -> None:
-        """Record one finished block: its weights and the streams leaving it, then the progress.
-        The folder appears with the first commit: a run that fails before finishing a block leaves
-        nothing behind."""
+        """Record finished blocks (one, or a ``--nblocks`` unit tuned together): each block's
+        weights (keyed by name inside the block) and report, the streams leaving the last, then
+        the progress, in one write: a unit is finished whole or not at all. The folder appears
+        with the first commit: a run that fails before finishing a block leaves nothing behind."""
         if not (self.folder / JOB).is_file():
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_json(self.folder / JOB, self.job)
-        tensors: dict[str, torch.Tensor] = {}
-        layers = []  # a list: module order is the export's tensor order (JSON is written sorted)
-        for name, qw in qweights.items():
-            tensors[f"{name}.codes"] = qw.codes.contiguous()
-            tensors[f"{name}.scale"] = qw.scale.contiguous()
-            tensors[f"{name}.zp"] = qw.zp.contiguous()
-            if qw.bias is not None:
-                tensors[f"{name}.bias"] = qw.bias.contiguous()
-            layers.append({"name": name, "bits": qw.bits, "group_size": qw.group_size, "sym": qw.sym})
-        _write_atomic(self.folder / f"{block}.safetensors", lambda tmp: save_file(tensors, tmp))
+        entries = []
+        for block, qweights, report in blocks:
+            tensors: dict[str, torch.Tensor] = {}
+            layers = []  # a list: module order is the export's tensor order (JSON is written sorted)
+            for name, qw in qweights.items():
+                tensors[f"{name}.codes"] = qw.codes.contiguous()
+                tensors[f"{name}.scale"] = qw.scale.contiguous()
+                tensors[f"{name}.zp"] = qw.zp.contiguous()
+                if qw.bias is not None:
+                    tensors[f"{name}.bias"] = qw.bias.contiguous()
+                layers.append({"name": name, "bits": qw.bits, "group_size": qw.group_size, "sym": qw.sym})
+            _write_atomic(self.folder / f"{block}.safetensors", lambda tmp, t=tensors: save_file(t, tmp))
+            entries.append({"block": block, "report": report, "layers": layers})
+        last = blocks[-1][0]
         progress = self.progress
         progress["samples"] = self.samples
         previous = progress.get("streams_after")
@@ -298,9 +301,9 @@ class ResumeState:
             saved = {f"full.{i}": t.detach().cpu().contiguous() for i, t in enumerate(full)}
             for i, t in enumerate(quantized or []):
                 saved[f"quantized.{i}"] = t.detach().cpu().contiguous()
-            _write_atomic(self.folder / _streams_file(block), lambda tmp: save_file(saved, tmp))
-            progress.update(streams_after=block, stream_samples=len(full))
-        progress["blocks"] = [*progress["blocks"], {"block": block, "report": report, "layers": layers}]
+            _write_atomic(self.folder / _streams_file(last), lambda tmp: save_file(saved, tmp))
+            progress.update(streams_after=last, stream_samples=len(full))
+        progress["blocks"] = [*progress["blocks"], *entries]
         _write_json(self.folder / PROGRESS, progress)
         if streams is not None and previous:  # only now is the older file no longer the commit's
             (self.folder / _streams_file(previous)).unlink(missing_ok=True)

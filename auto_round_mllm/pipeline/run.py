@@ -30,6 +30,7 @@ from auto_round_mllm.models.family import select_blocks, vision_block_lists
 from auto_round_mllm.models.layer_plan import (
     LayerCheck,
     LayerDecision,
+    LayerRules,
     check_something_quantizes,
     plan_layers,
 )
@@ -40,9 +41,11 @@ from auto_round_mllm.pipeline.blockwise import (
     Streams,
     place_outside_blocks,
     quantize_blocks,
+    quantizer_kernel,
 )
 from auto_round_mllm.pipeline.cache import CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
+from auto_round_mllm.pipeline.head import final_norm, head_decision, head_problem, tune_head, untie
 from auto_round_mllm.pipeline.mixed import measures_for, mixed_decisions
 from auto_round_mllm.pipeline.placement import BlockPlacement
 from auto_round_mllm.pipeline.resume import ResumeState, samples_fingerprint
@@ -114,6 +117,8 @@ class RunSetup:
     cache: CachePlacement
     placement: BlockPlacement | None
     resume: ResumeState | None
+    head: LayerDecision | None = None
+    """lm_head's decision when ``--quant_lm_head`` quantizes it (tuned after the text blocks)."""
 
 
 def prepare_dtype(job: QuantJob, loaded: LoadedModel, device: torch.device) -> tuple[torch.dtype, list[str]]:
@@ -207,6 +212,23 @@ def plan_mixed_bits(
     return mixed_decisions(job, decisions, plan_for, groups, measures, calibration.samples)
 
 
+def plan_head(
+    job: QuantJob, loaded: LoadedModel, blocks: BlockChoice, layer_checks: list[LayerCheck]
+) -> LayerDecision | None:
+    """``--quant_lm_head``: lm_head's decision (untied first when asked), or None without the flag."""
+    if not job.quant_lm_head:
+        return None
+    problem = head_problem(loaded.model, job, blocks.text_group)
+    if problem is not None:  # preflight checked the skeleton; a model handed in is checked here
+        raise problem
+    if job.untie_embeddings:
+        untie(loaded.model)
+    rules = LayerRules(
+        job.scheme, tuple(job.fp_layers), layer_checks, job.group_size_fallback, job.layer_config
+    )
+    return head_decision(loaded.model, rules)
+
+
 def vision_tuning(tuning: TuningConfig) -> TuningConfig:
     """Vision blocks take one sample per step (auto-round's rule): their hidden states carry no
     batch dimension in several towers (Qwen2-VL's packed patches), so samples are not concatenated;
@@ -248,6 +270,10 @@ def setup_run(
         layer_config=job.layer_config,
     )
     check_something_quantizes(decisions, job.scheme)
+    head = plan_head(job, loaded, blocks, layer_checks)
+    if head is not None:
+        decisions[head.name] = head
+        head = head if head.quantized else None
     calibration = build_calibration(job, loaded, plan, tuner)
     cache = CachePlacement.for_run(device, host=job.memory.host_caches, folder=job.memory.cache_dir)
     if job.mixed.active and calibration is not None:
@@ -276,7 +302,7 @@ def setup_run(
         resume.check_data(samples_fingerprint(samples))
     placement = BlockPlacement(spread) if spread else None
     setup = RunSetup(
-        device, model_dtype, precision, tuner, blocks, decisions, samples, cache, placement, resume
+        device, model_dtype, precision, tuner, blocks, decisions, samples, cache, placement, resume, head
     )
     return setup, calibration, notes
 
@@ -317,10 +343,29 @@ def tune_passes(
         config=job.tuning,
         streams=streams,
         weights=loaded.streamed,
+        through_end=setup.head is not None,
         **common,
     )
     qweights.update(done.qweights)
     reports.extend(done.blocks)
+    if setup.head is not None:
+        report, head_weights = tune_head(
+            model,
+            setup.head,
+            final_norm(model, blocks.text_group),
+            done.streams,
+            tuner=setup.tuner,
+            job=job,
+            kernel=quantizer_kernel(job.tuning, setup.device, setup.tuner),
+            device=setup.device,
+            precision=setup.precision,
+            cache=setup.cache,
+            seed=job.tuning.seed + len(reports),
+            on_step=progress.step,
+        )
+        qweights.update(head_weights)
+        reports.append(report)
+        progress.block_done(report)
     return qweights, reports
 
 
