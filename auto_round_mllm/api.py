@@ -97,6 +97,7 @@ def write_formats(
         processor=loaded.processor,
         image_processor=loaded.image_processor,
         streamed=loaded.streamed,
+        tensors=tuned.tensors,
     )
     report = report or (lambda facts: summarize(job, tuned, not_marlin(facts)).checkpoint_report())
     return export_outputs.write_formats(data, dirs, report, force=job.export.force)

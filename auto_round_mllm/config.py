@@ -169,6 +169,8 @@ class TuningConfig:
     ``dynamic_max_gap``; -1 or 0: never)."""
     nblocks: int = 1
     """Consecutive blocks tuned together against their joint output (auto-round's ``nblocks``)."""
+    norm_bias_tuning: bool = False
+    """Tune the blocks' norm weights and Linear biases with the rounding (tuning/norm_bias.py)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -205,6 +207,13 @@ class TuningConfig:
                 "optimized round-to-nearest (--enable_opt_rtn) is the clipping search, which "
                 "--disable_clip_search / --disable_minmax_tuning turn off",
                 "drop one of them",
+            )
+        )
+        checks.append(
+            (
+                not self.norm_bias_tuning or self.iters > 0,
+                "--enable_norm_bias_tuning tunes norms and biases with the rounding, and --iters 0 tunes nothing",
+                "give --iters (e.g. 200), or leave --enable_norm_bias_tuning out",
             )
         )
         for ok, problem, fix in checks:

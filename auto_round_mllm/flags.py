@@ -255,6 +255,12 @@ FLAGS: tuple[Flag, ...] = (
         "kernel fails instead of varying between runs (on one machine the same seed and data "
         "already give the same bytes on the CPU).",
     ),
+    _switch(
+        "enable_norm_bias_tuning", "tuning.norm_bias_tuning", True,
+        "Also tune the blocks' norm weights and Linear biases (kept in 16 bit), by offsets of up to "
+        "half a 4-bit step of each tensor's range, with the same signed steps as the rounding.",
+        negative=("no-enable_norm_bias_tuning",),
+    ),
     Flag(
         "nblocks", int, 1,
         "Tune this many consecutive blocks together, against their joint output (more memory, "

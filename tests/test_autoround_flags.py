@@ -83,9 +83,11 @@ def test_values_that_ask_for_our_behaviour_are_accepted():
 
 def test_the_command_refuses_before_anything_is_read(tmp_path, capsys):
     out = tmp_path / "out"
-    code = run(["--model", str(tmp_path / "no-model"), "--enable_norm_bias_tuning", "--output_dir", str(out)])
+    code = run(["--model", str(tmp_path / "no-model"), "--super_group_size", "16", "--output_dir", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and "--enable_norm_bias_tuning: tuning norms and biases is not built yet" in err
+    assert (
+        code == 2 and "--super_group_size 16: double-quantized scales (GGUF K-quants) is not built yet" in err
+    )
     assert "Traceback" not in err and not out.exists()
     code = run(["--model", str(tmp_path / "no-model"), "--no-quant_lm_head", "--mllm", "--act_bits", "16"])
     assert code == 2 and "does not exist" in capsys.readouterr().err  # accepted: the model is the problem

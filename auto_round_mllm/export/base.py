@@ -8,10 +8,11 @@ weight is loaded (:meth:`Exporter.check`), say which layers it cannot store befo
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import nn
 
 from auto_round_mllm.config import QuantJob, QuantScheme
@@ -40,6 +41,9 @@ class ExportInput:
     image_processor: Any = None
     streamed: StreamedWeights | None = None
     """Blocks whose tensors are on disk (meta in ``model``): read one at a time while writing."""
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    """16-bit tensors the tuning changed (``--enable_norm_bias_tuning``), by module name: written
+    instead of the model's (a streamed block's would be read from the source again)."""
 
     @functools.cached_property
     def own_schemes(self) -> dict[str, QuantScheme]:

@@ -64,6 +64,9 @@ def write_checkpoint(
         name_for(name): t
         for name, t in unstreamed(data, model_tensors(data.model, skip_modules=quantized)).items()
     }
+    for name, tuned in data.tensors.items():  # a quantized layer's bias travels in its packed parts
+        if name_for(name) in tensors:
+            tensors[name_for(name)] = tuned.to(tensors[name_for(name)].dtype)
     spill = folder / ".packing"
     try:
         if pack is not None:

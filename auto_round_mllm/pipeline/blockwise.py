@@ -28,6 +28,7 @@ from auto_round_mllm.quant.kernel import QdqKernel, compile_by_default
 from auto_round_mllm.quant.tunable import QuantizedWeight, TunableLinear, unwrap_linears, wrap_linears
 from auto_round_mllm.tuning.base import InputRecorder, TuneContext, Tuner
 from auto_round_mllm.tuning.block_inputs import BlockInputs, run_block
+from auto_round_mllm.tuning.norm_bias import attach_offsets
 from auto_round_mllm.utils import device as devices
 from auto_round_mllm.utils.device import Precision
 from auto_round_mllm.utils.memory import release_host_memory
@@ -57,6 +58,9 @@ class BlockReport:
 class BlockwiseResult:
     qweights: dict[str, QuantizedWeight] = field(default_factory=dict)
     blocks: list[BlockReport] = field(default_factory=list)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    """16-bit tensors the tuning changed (``--enable_norm_bias_tuning``: norm weights, biases), by
+    full name: the checkpoint writes these instead of the source's."""
     streams: Streams | None = None
     """The streams leaving the last block run (with ``through_end``, the list's last block)."""
 
@@ -282,9 +286,12 @@ class BlockLoop:
         for entry in finished:
             name = entry["block"]
             stored = self.resume.stored_qweights(name)  # type: ignore[union-attr]
+            tensors = self.resume.stored_tensors(name)  # type: ignore[union-attr]
             if self.weights is None or not self.weights.is_streamed(name):
                 restore_weights(self.model.get_submodule(name), name, stored)
+                restore_tensors(self.model, tensors)
             self.result.qweights.update(stored)
+            self.result.tensors.update(tensors)
             self.result.blocks.append(BlockReport(**entry["report"]))
             self.progress.block_done(self.result.blocks[-1])
         return [entry["block"] for entry in finished]
@@ -344,14 +351,14 @@ class BlockLoop:
             for name in unit:
                 put_away(self.model, name, self.weights)
             return streams
-        report, qweights, streams = self.tune_one(unit, prefix, module, streams, targets)
+        report, qweights, streams, tensors = self.tune_one(unit, prefix, module, streams, targets)
         devices.synchronize(self.device)
         report.seconds = time.perf_counter() - started
         report.peak_device_gb = devices.peak_memory_gb(self.device)
         for name in unit:
             put_away(self.model, name, self.weights)
         devices.empty_cache(self.device)
-        self.record(unit, report, qweights, streams)
+        self.record(unit, report, qweights, streams, tensors)
         return streams
 
     def tune_one(
@@ -361,10 +368,10 @@ class BlockLoop:
         module: nn.Module,
         streams: Streams | None,
         targets: list[torch.Tensor] | None,
-    ) -> tuple[BlockReport, dict[str, QuantizedWeight], Streams | None]:
+    ) -> tuple[BlockReport, dict[str, QuantizedWeight], Streams | None, dict[str, torch.Tensor]]:
         """Wrap the unit's Linears, measure round-to-nearest, tune, unwrap with the quantized
         weights written back, and measure the tuned unit on the calibration set. The quantized
-        weights are keyed by full name."""
+        weights and the tuned 16-bit tensors are keyed by full name."""
         config = self.config
         wrapped = wrap_linears(
             module,
@@ -383,11 +390,15 @@ class BlockLoop:
             ctx = self.context(streams, targets)
             if wrapped:
                 self.measure_rtn(module, wrapped, ctx, report)
+        offsets = attach_offsets(module, prefix) if config.norm_bias_tuning and ctx is not None else None
+        if ctx is not None and offsets is not None:
+            ctx.extra = offsets.parameters
         if wrapped:
             outcome = self.tuner.tune_block(module, wrapped, ctx)
             report.first_loss, report.best_loss = outcome.first_loss, outcome.best_loss
             report.best_iter = outcome.best_iter
             report.steps = outcome.iters
+        tensors = offsets.finish() if offsets is not None else {}
         qweights = {
             f"{prefix}.{rel}": qw.to("cpu")
             for rel, qw in unwrap_linears(module, wrapped, write_back=True).items()
@@ -396,7 +407,7 @@ class BlockLoop:
             quantized_out = self.run_all(module, ctx.inputs)
             report.final_loss = mse(quantized_out, targets, ctx.inputs)
             streams = streams.advance(targets, quantized_out if config.enable_quanted_input else targets)
-        return report, qweights, streams
+        return report, qweights, streams, tensors
 
     def context(self, streams: Streams, targets: list[torch.Tensor]) -> TuneContext:
         """What the tuner reads: the quantized stream (or the full one with
@@ -428,6 +439,7 @@ class BlockLoop:
         report: BlockReport,
         qweights: dict[str, QuantizedWeight],
         streams: Streams | None,
+        tensors: dict[str, torch.Tensor],
     ) -> None:
         """Keep the unit's result, one report per block (a unit's blocks share its losses and
         time); with a resume folder, commit it there first, all blocks at once (the export then
@@ -450,6 +462,7 @@ class BlockLoop:
             }
             for name in unit
         }
+        self.result.tensors.update(tensors)
         if self.resume is not None:
             self.resume.commit(
                 [
@@ -457,6 +470,7 @@ class BlockLoop:
                     for name, r in zip(unit, reports, strict=True)
                 ],
                 stream_state(streams),
+                tensors,
             )
             for name in unit:
                 self.result.qweights.update(self.resume.stored_qweights(name))
@@ -505,6 +519,14 @@ def restored_streams(
     if quantized_hidden is None:
         return Streams(full, full)
     return Streams(full, captured.quantized.with_hidden([cache.store(t) for t in quantized_hidden]))
+
+
+def restore_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put tuned 16-bit tensors (norm weights, biases) back into the model."""
+    with torch.no_grad():
+        for name, value in tensors.items():
+            module, _, attribute = name.rpartition(".")
+            getattr(model.get_submodule(module), attribute).copy_(value)
 
 
 def restore_weights(block: nn.Module, block_name: str, stored: dict[str, StoredQuantizedWeight]) -> None:

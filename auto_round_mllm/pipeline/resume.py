@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from auto_round_mllm.config import QuantJob
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 PROGRESS = "progress.json"
 JOB = "job.json"
+TUNED = "tuned."
+"""Prefix of a block file's tuned 16-bit tensors (quantized layers' keys are module names)."""
 
 
 def _streams_file(block: str) -> str:
@@ -253,6 +256,14 @@ class ResumeState:
             for meta in entry["layers"]
         }
 
+    def stored_tensors(self, block: str) -> dict[str, torch.Tensor]:
+        """A finished block's tuned 16-bit tensors (``--enable_norm_bias_tuning``), by full name."""
+        entry = next(e for e in self.done if e["block"] == block)
+        if not entry.get("tensors"):
+            return {}
+        with safe_open(self.folder / f"{block}.safetensors", "pt") as handle:
+            return {name: handle.get_tensor(f"{TUNED}{name}") for name in entry["tensors"]}
+
     def load_streams(self, block: str) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
         """(full, quantized) hidden states entering the block after ``block``; quantized is None
         when both streams are one (``--disable_quanted_input``)."""
@@ -271,27 +282,32 @@ class ResumeState:
         self,
         blocks: list[tuple[str, dict[str, QuantizedWeight], dict[str, Any]]],
         streams: tuple[list[torch.Tensor], list[torch.Tensor] | None] | None,
+        tensors: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Record finished blocks (one, or a ``--nblocks`` unit tuned together): each block's
         weights (keyed by name inside the block) and report, the streams leaving the last, then
         the progress, in one write: a unit is finished whole or not at all. The folder appears
-        with the first commit: a run that fails before finishing a block leaves nothing behind."""
+        with the first commit: a run that fails before finishing a block leaves nothing behind.
+        ``tensors``: tuned 16-bit tensors by full name, each kept with its block."""
         if not (self.folder / JOB).is_file():
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_json(self.folder / JOB, self.job)
         entries = []
         for block, qweights, report in blocks:
-            tensors: dict[str, torch.Tensor] = {}
+            files: dict[str, torch.Tensor] = {}
             layers = []  # a list: module order is the export's tensor order (JSON is written sorted)
             for name, qw in qweights.items():
-                tensors[f"{name}.codes"] = qw.codes.contiguous()
-                tensors[f"{name}.scale"] = qw.scale.contiguous()
-                tensors[f"{name}.zp"] = qw.zp.contiguous()
+                files[f"{name}.codes"] = qw.codes.contiguous()
+                files[f"{name}.scale"] = qw.scale.contiguous()
+                files[f"{name}.zp"] = qw.zp.contiguous()
                 if qw.bias is not None:
-                    tensors[f"{name}.bias"] = qw.bias.contiguous()
+                    files[f"{name}.bias"] = qw.bias.contiguous()
                 layers.append({"name": name, "bits": qw.bits, "group_size": qw.group_size, "sym": qw.sym})
-            _write_atomic(self.folder / f"{block}.safetensors", lambda tmp, t=tensors: save_file(t, tmp))
-            entries.append({"block": block, "report": report, "layers": layers})
+            own = {name: t for name, t in (tensors or {}).items() if name.startswith(f"{block}.")}
+            for name, value in own.items():
+                files[f"{TUNED}{name}"] = value.contiguous()
+            _write_atomic(self.folder / f"{block}.safetensors", lambda tmp, t=files: save_file(t, tmp))
+            entries.append({"block": block, "report": report, "layers": layers, "tensors": sorted(own)})
         last = blocks[-1][0]
         progress = self.progress
         progress["samples"] = self.samples

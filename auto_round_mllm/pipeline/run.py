@@ -37,6 +37,7 @@ from auto_round_mllm.models.layer_plan import (
 from auto_round_mllm.models.loading import LoadedModel
 from auto_round_mllm.pipeline.blockwise import (
     BlockReport,
+    BlockwiseResult,
     ProgressSink,
     Streams,
     place_outside_blocks,
@@ -74,6 +75,8 @@ class TunedModel:
     seconds: float
     model_dtype: str = "float32"
     notes: list[str] = field(default_factory=list)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    """16-bit tensors the tuning changed (norm weights and biases), by full name."""
 
 
 @dataclass
@@ -309,7 +312,7 @@ def setup_run(
 
 def tune_passes(
     job: QuantJob, loaded: LoadedModel, setup: RunSetup, progress: ProgressSink
-) -> tuple[dict[str, QuantizedWeight], list[BlockReport]]:
+) -> BlockwiseResult:
     """Steps 3-5: the vision pass, the re-capture behind the quantized tower, the text pass."""
     model, blocks = loaded.model, setup.blocks
     common = dict(
@@ -322,8 +325,8 @@ def tune_passes(
         placement=setup.placement,
         progress=progress,
     )
-    qweights: dict[str, QuantizedWeight] = {}
-    reports: list[BlockReport] = []
+    total = BlockwiseResult()
+    qweights, reports = total.qweights, total.blocks
     recapture = bool(blocks.vision) and setup.tuner.needs_data
     # The text blocks' full-precision stream comes from the fp model, before the tower is quantized.
     full = capture_text_inputs(loaded, setup) if recapture else None
@@ -334,6 +337,7 @@ def tune_passes(
         )
         qweights.update(done.qweights)
         reports.extend(done.blocks)
+        total.tensors.update(done.tensors)
     streams = Streams(full, capture_text_inputs(loaded, setup)) if full is not None else None
     done = quantize_blocks(
         model,
@@ -348,6 +352,7 @@ def tune_passes(
     )
     qweights.update(done.qweights)
     reports.extend(done.blocks)
+    total.tensors.update(done.tensors)
     if setup.head is not None:
         report, head_weights = tune_head(
             model,
@@ -366,7 +371,7 @@ def tune_passes(
         qweights.update(head_weights)
         reports.append(report)
         progress.block_done(report)
-    return qweights, reports
+    return total
 
 
 def tune(
@@ -392,15 +397,15 @@ def tune(
     progress = progress or ProgressSink()
     progress.start(setup.blocks.count)
     with deterministic_algorithms(job.tuning.deterministic):
-        qweights, reports = tune_passes(job, loaded, setup, progress)
+        done = tune_passes(job, loaded, setup, progress)
     progress.finish()
     place_outside_blocks(loaded.model, [], torch.device("cpu"))  # streamed blocks stay on meta
     return TunedModel(
         loaded=loaded,
-        qweights=qweights,
+        qweights=done.qweights,
         decisions=setup.decisions,
         block_groups=[*setup.blocks.vision, setup.blocks.text_group],
-        blocks=reports,
+        blocks=done.blocks,
         calibration=calibration,
         plan=plan,
         device=str(device),
@@ -408,4 +413,5 @@ def tune(
         seconds=time.perf_counter() - started,
         model_dtype=DTYPE_NAMES.get(setup.model_dtype, str(setup.model_dtype)),
         notes=notes,
+        tensors=done.tensors,
     )

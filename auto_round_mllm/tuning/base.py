@@ -8,7 +8,7 @@ Tuners never store anything; exporters do.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -35,6 +35,9 @@ class TuneContext:
     input_stats: dict[str, torch.Tensor] | None = None
     """What the tuner's :meth:`Tuner.input_recorder` gathered during the pipeline's RTN pass
     (SignRound: each wrapped layer's input mean square per column); None when it asked for nothing."""
+    extra: list[torch.Tensor] = field(default_factory=list)
+    """More parameters to tune with the rounding, kept at the best step like it, clamped to
+    [-0.5, 0.5] (``--enable_norm_bias_tuning``'s offsets)."""
 
 
 @dataclass

@@ -205,7 +205,7 @@ class SignRoundTuner:
         lr, minmax_lr = cfg.effective_lr(bits), cfg.effective_minmax_lr(bits)
         steps = {
             kind: ParameterSteps(params, momentum=cfg.momentum, adam=cfg.enable_adam)
-            for kind, params in (("round", round_params), ("minmax", minmax_params))
+            for kind, params in (("round", round_params), ("minmax", minmax_params), ("extra", ctx.extra))
         }
         best_loss, best_state = math.inf, None
         for step in range(cfg.iters):
@@ -232,23 +232,40 @@ class SignRoundTuner:
             if comparable and value < best_loss:
                 best_loss, outcome.best_iter = value, step
                 if cfg.use_best_mse:
-                    best_state = {name: layer.snapshot() for name, layer in wrapped.items()}
+                    best_state = snapshot(wrapped, ctx.extra)
             if not cfg.use_best_mse and step == cfg.iters - 1:
                 # --not_use_best_mse keeps the last step that was evaluated, as auto-round does: the
                 # update below would otherwise be kept without ever having been run
-                best_state = {name: layer.snapshot() for name, layer in wrapped.items()}
+                best_state = snapshot(wrapped, ctx.extra)
             if cfg.stops_early and step - (outcome.best_iter or 0) >= cfg.dynamic_max_gap:
                 outcome.iters = step + 1  # auto-round's dynamic_max_gap: no better step for that long
                 break
             steps["round"].step(lr * decay)
             steps["minmax"].step(minmax_lr * decay)
+            steps["extra"].step(lr * decay)
+            with torch.no_grad():
+                for param in ctx.extra:  # clamped in place, as the clipping multipliers are
+                    param.clamp_(-0.5, 0.5)
             if ctx.on_step is not None:
                 ctx.on_step(step)
         outcome.best_loss = best_loss if outcome.best_iter is not None else None
         if best_state is not None:
             for name, layer in wrapped.items():
                 layer.restore(best_state[name])
+            with torch.no_grad():
+                for param, kept in zip(ctx.extra, best_state[EXTRA], strict=True):
+                    param.copy_(kept)
         return outcome
+
+
+EXTRA = "\0extra"
+"""The snapshot's key for the extra parameters (no layer name holds a NUL)."""
+
+
+def snapshot(wrapped: dict[str, TunableLinear], extra: list[torch.Tensor]) -> dict:
+    state: dict = {name: layer.snapshot() for name, layer in wrapped.items()}
+    state[EXTRA] = [param.detach().clone() for param in extra]
+    return state
 
 
 register_tuner("signround")(SignRoundTuner)

@@ -33,6 +33,8 @@ CASES = {
         ["--bits", "2", "--group_size", "32", "--format", "auto_round"],
     ),
     "gemma3-bf16": ("tiny_gemma3", ["--model_dtype", "bf16", "--format", "fake"]),
+    # tuned norms and biases: a streamed block's are written from the tuning, not the source
+    "qwen2-norm-bias": ("tiny_qwen2", ["--enable_norm_bias_tuning", "--format", "auto_round,fake"]),
 }
 
 
