@@ -68,8 +68,8 @@ def test_a_unit_commits_whole_and_a_killed_run_resumes_to_identical_bytes(tiny_l
     (tmp_path / "out").rename(tmp_path / "reference")
     real_commit = ResumeState.commit
 
-    def commit_then_die(self, blocks, streams):
-        real_commit(self, blocks, streams)
+    def commit_then_die(self, blocks, streams, tensors=None):
+        real_commit(self, blocks, streams, tensors)
         raise Crash
 
     monkeypatch.setattr(ResumeState, "commit", commit_then_die)

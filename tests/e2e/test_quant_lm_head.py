@@ -94,3 +94,17 @@ def test_combinations_that_cannot_work_are_refused(tiny_llama, tmp_path, capsys,
     out = tmp_path / "out"
     assert run(["--model", str(tiny_llama), *flags, "--output_dir", str(out)]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["auto_round", "auto_gptq"])
+def test_layer_config_gives_lm_head_its_own_scheme(tiny_llama, tmp_path, fmt):
+    _, tuned, folder = tune_export(
+        tiny_llama, tmp_path, fmt, iters=0, quant_lm_head=True, layer_config='{"lm_head": "W8A16"}'
+    )
+    assert tuned.qweights["lm_head"].bits == 8 and tuned.qweights["model.layers.0.mlp.up_proj"].bits == 4
+    config = json.loads((folder / "config.json").read_text())["quantization_config"]
+    if fmt == "auto_round":
+        assert config["extra_config"]["lm_head"]["bits"] == 8
+    else:
+        assert config["lm_head"] is True and config["dynamic"][r"+:lm_head$"]["bits"] == 8
+    same_logits(tuned, folder, packed_layers=29)
