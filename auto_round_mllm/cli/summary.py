@@ -74,7 +74,8 @@ class RichProgress(ProgressSink):
 
 
 def render_summary(console: Console, result: QuantResult) -> None:
-    groups = sorted({block.name.rsplit(".", 1)[0] for block in result.blocks})
+    groups = sorted({block.name.rsplit(".", 1)[0] for block in result.blocks if "." in block.name})
+    groups += [block.name for block in result.blocks if "." not in block.name]  # lm_head
     table = Table(title="auto-round-mllm summary", title_justify="left")
     for column, justify in (
         ("block", "left"),
@@ -90,7 +91,7 @@ def render_summary(console: Console, result: QuantResult) -> None:
         if block.rtn_loss and block.final_loss is not None:
             change = f"{(block.final_loss / block.rtn_loss - 1) * 100:+.1f}%"
         table.add_row(
-            block.name.rsplit(".", 1)[1],
+            block.name.rsplit(".", 1)[-1],  # a block's index; lm_head's own name
             f"{block.quantized_layers}/{block.total_layers}",
             fmt_loss(block.rtn_loss),
             fmt_loss(block.final_loss),

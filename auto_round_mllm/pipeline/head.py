@@ -15,6 +15,7 @@ refuses the run.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -190,6 +191,7 @@ def tune_head(
 ) -> tuple[BlockReport, dict[str, QuantizedWeight]]:
     """Tune lm_head on the quantized model's final hidden states (``streams`` leave the last
     block; None for round-to-nearest) and write its quantized weight back."""
+    started = time.perf_counter()
     _, head = output_head(model)  # type: ignore[misc]
     head.to(device)
     head.requires_grad_(False)
@@ -238,4 +240,5 @@ def tune_head(
             unit, ctx.inputs, ctx.targets, device, precision, job.tuning.batch_size
         )  # type: ignore[arg-type]
     head.to("cpu")
+    report.seconds = time.perf_counter() - started
     return report, {decision.name: qweights[HEAD].to("cpu")}

@@ -395,7 +395,7 @@ def tune(
         job, loaded, plan, device=device, spread=spread, layer_checks=list(layer_checks), resume=resume
     )
     progress = progress or ProgressSink()
-    progress.start(setup.blocks.count)
+    progress.start(setup.blocks.count + (setup.head is not None))  # lm_head is one more
     with deterministic_algorithms(job.tuning.deterministic):
         done = tune_passes(job, loaded, setup, progress)
     progress.finish()

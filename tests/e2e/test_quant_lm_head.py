@@ -117,3 +117,12 @@ def test_a_vision_language_models_lm_head(tiny_qwen2_vl, tmp_path):
     assert tuned.blocks[-1].rtn_loss is not None
     config = json.loads((folder / "config.json").read_text())["quantization_config"]
     assert "lm_head" in config["extra_config"]
+
+
+def test_the_command_shows_lm_head_as_one_more_entry(tiny_llama, tmp_path, capsys):
+    args = ["--model", str(tiny_llama), "--quant_lm_head", "--iters", "1", "--nsamples", "2", "--seqlen", "32",
+            "--batch_size", "2", "--output_dir", str(tmp_path / "out"), "--device", "cpu"]  # fmt: skip
+    assert run(args) == 0
+    captured = capsys.readouterr()
+    assert "block 5/5 lm_head" in captured.err
+    assert "│ lm_head │    1/1 │" in captured.out and "model.layers, lm_head (5 tuned)" in captured.out
