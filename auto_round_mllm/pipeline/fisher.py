@@ -35,7 +35,7 @@ from auto_round_mllm.models.streaming import StreamedWeights
 from auto_round_mllm.pipeline.blockwise import forward_all, place_outside_blocks, put_away
 from auto_round_mllm.pipeline.cache import CachePlacement
 from auto_round_mllm.pipeline.capture import capture_block_inputs
-from auto_round_mllm.pipeline.head import final_norm
+from auto_round_mllm.pipeline.head import final_norm, output_head
 from auto_round_mllm.tuning.block_inputs import BlockInputs, run_block
 from auto_round_mllm.tuning.mixed_bits import quantization_error
 from auto_round_mllm.tuning.signround import InputMeanSquares
@@ -50,26 +50,24 @@ class OutputHead:
     (:func:`~auto_round_mllm.pipeline.head.final_norm`), the output embeddings, and Gemma's final
     logit soft-capping."""
 
-    norm: nn.Module | None
-    lm_head: nn.Module
+    norm: nn.Module
+    lm_head: nn.Linear
     softcap: float | None = None
 
     @classmethod
     def find(cls, model: nn.Module, group: str) -> OutputHead | None:
         """None when the model has no output embeddings (an encoder) or the block list's parent
         has no final norm we can name: then the caller measures each layer's own error."""
-        get_head = getattr(model, "get_output_embeddings", None)
-        lm_head = get_head() if callable(get_head) else None
-        norm = final_norm(model, group)
-        if not isinstance(lm_head, nn.Module) or norm is None:
+        head, norm = output_head(model), final_norm(model, group)
+        if head is None or norm is None:
             return None
         config = getattr(model, "config", None)
         text_config = getattr(config, "text_config", None) or config
         softcap = getattr(text_config, "final_logit_softcapping", None)
-        return cls(norm, lm_head, float(softcap) if softcap else None)
+        return cls(norm, head[1], float(softcap) if softcap else None)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.lm_head(self.norm(hidden) if self.norm is not None else hidden).float()
+        out = self.lm_head(self.norm(hidden)).float()
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
@@ -182,10 +180,10 @@ class FisherPass:
         stored: dict[str, list[torch.Tensor]] = {}
         stats: dict[str, torch.Tensor] = {}
         for index, block_name in enumerate(everything):
-            block = self._onload(block_name)
+            block = onload(self.model, block_name, self.weights, self.device)
             if index >= first:
                 stored[block_name] = inputs.hidden
-            layers = self._layers(block, block_name, candidates)
+            layers = measured_layers(block, block_name, candidates)
             with InputMeanSquares(layers) as recorder:  # type: ignore[arg-type]
                 outputs = forward_all(
                     block, inputs, self.device, self.precision, batch_size, self.cache, recorder
@@ -196,8 +194,8 @@ class FisherPass:
         grads = self.head_gradients(inputs)
         errors: dict[str, dict[QuantScheme, float]] = {}
         for block_name in reversed(everything[first:]):
-            block = self._onload(block_name)
-            layers = self._layers(block, block_name, candidates) if block_name in chosen else {}
+            block = onload(self.model, block_name, self.weights, self.device)
+            layers = measured_layers(block, block_name, candidates) if block_name in chosen else {}
             block_inputs = template.with_hidden(stored.pop(block_name))
             with frozen(block), PerSampleFisher(layers) as fisher:
                 grads = self.backward_block(block, block_inputs, grads, batch_size)
@@ -216,19 +214,12 @@ class FisherPass:
             put_away(self.model, block_name, self.weights)
         return errors
 
-    def _onload(self, block_name: str) -> nn.Module:
-        return onload(self.model, block_name, self.weights, self.device)
-
-    @staticmethod
-    def _layers(block: nn.Module, block_name: str, candidates: dict) -> dict[str, nn.Linear]:
-        return measured_layers(block, block_name, candidates)
-
     def head_gradients(self, last: BlockInputs) -> list[torch.Tensor]:
         """Per sample, the gradient of ``sum_t log p(y_t)`` (``y_t`` drawn from the model's own
         distribution at position t, padding left out) with respect to the last hidden states."""
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         grads = []
-        with frozen(self.head.lm_head, *(m for m in [self.head.norm] if m is not None)):
+        with frozen(self.head.lm_head, self.head.norm):
             for index, hidden in enumerate(last.hidden):
                 hidden = hidden.to(self.device).detach().requires_grad_(True)
                 with torch.enable_grad():

@@ -122,7 +122,13 @@ class HeadUnit(nn.Module):
 class LazyTargets(Sequence[torch.Tensor]):
     """The full-precision lm_head's logits per sample, computed when the tuner asks for them."""
 
-    def __init__(self, normed: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, device):
+    def __init__(
+        self,
+        normed: list[torch.Tensor],
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        device: torch.device,
+    ) -> None:
         self.normed, self.weight, self.bias, self.device = normed, weight, bias, device
 
     def __len__(self) -> int:
@@ -139,7 +145,7 @@ class LazyTargets(Sequence[torch.Tensor]):
 
 
 def normed_states(
-    norm: nn.Module | None,
+    norm: nn.Module,
     inputs: BlockInputs,
     device: torch.device,
     precision: Precision,
@@ -150,34 +156,41 @@ def normed_states(
     with torch.no_grad():
         for hidden in inputs.hidden:
             with precision.context():
-                normed = norm(hidden.to(device)) if norm is not None else hidden.to(device)
+                normed = norm(hidden.to(device))
             out.append(cache.store(normed.to(hidden.dtype)))
     return BlockInputs(hidden=out, masks=inputs.masks)
 
 
 def streamed_mse(
-    unit: nn.Module, inputs: BlockInputs, targets: LazyTargets, device, precision, batch_size
+    unit: nn.Module,
+    inputs: BlockInputs,
+    targets: LazyTargets,
+    device: torch.device,
+    precision: Precision,
+    batch_size: int,
 ) -> float:
-    """The calibration set's MSE, a batch at a time (logits are never all kept)."""
+    """The calibration set's MSE, a batch of same-shape samples at a time (logits are never all
+    kept)."""
     total, count = 0.0, 0.0
     with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            indices = list(range(start, min(start + batch_size, len(inputs))))
-            hidden, _, _ = inputs.batch(indices, device)
-            with precision.context():
-                logits = unit(hidden)
-            target = torch.cat([targets[i] for i in indices])
-            mask = inputs.loss_mask(indices, device)
-            weight = float(mask.sum()) if mask is not None else float(logits.shape[0] * logits.shape[1])
-            total += float(masked_mse(logits, target, mask)) * weight
-            count += weight
+        for bucket in inputs.shape_buckets():
+            for start in range(0, len(bucket), batch_size):
+                indices = bucket[start : start + batch_size]
+                hidden, _, _ = inputs.batch(indices, device)
+                with precision.context():
+                    logits = unit(hidden)
+                target = torch.cat([targets[i] for i in indices])
+                mask = inputs.loss_mask(indices, device)
+                weight = float(mask.sum()) if mask is not None else float(logits.shape[0] * logits.shape[1])
+                total += float(masked_mse(logits, target, mask)) * weight
+                count += weight
     return total / max(count, 1.0)
 
 
 def tune_head(
     model: nn.Module,
     decision: LayerDecision,
-    norm: nn.Module | None,
+    norm: nn.Module,
     streams: Streams | None,
     *,
     tuner: Tuner,
@@ -190,7 +203,8 @@ def tune_head(
     on_step: Callable[[int], None] | None = None,
 ) -> tuple[BlockReport, dict[str, QuantizedWeight]]:
     """Tune lm_head on the quantized model's final hidden states (``streams`` leave the last
-    block; None for round-to-nearest) and write its quantized weight back."""
+    block; None for round-to-nearest) and write its quantized weight back. ``norm`` is the
+    decoder's final norm (:func:`head_problem` refused a model without one)."""
     started = time.perf_counter()
     _, head = output_head(model)  # type: ignore[misc]
     head.to(device)
@@ -199,8 +213,7 @@ def tune_head(
     report = BlockReport(name=decision.name, quantized_layers=1, total_layers=1)
     ctx = None
     if streams is not None:
-        if norm is not None:
-            norm.to(device)
+        norm.to(device)
         quantized = normed_states(norm, streams.quantized, device, precision, cache)
         full = (
             quantized

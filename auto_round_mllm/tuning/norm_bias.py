@@ -27,7 +27,9 @@ MIN_STEP = 1e-5
 
 
 class Offset(nn.Module):
-    """``original + clamp(v, -0.5, 0.5) * step``, in the original's dtype."""
+    """``original + clamp(v, -0.5, 0.5) * step``, in the original's dtype (the tuner clamps ``v``
+    in place after each step, so that a value stepped past the bound keeps its gradient; the clamp
+    here only guards a ``v`` set by hand)."""
 
     def __init__(self, original: torch.Tensor) -> None:
         super().__init__()
@@ -50,17 +52,12 @@ def is_norm(module: nn.Module) -> bool:
 class NormBiasOffsets:
     """The offsets attached to one block (or unit), by the full name of the tensor they tune."""
 
-    prefix: str
     attached: dict[str, tuple[nn.Module, str, Offset]] = field(default_factory=dict)
 
     @property
     def parameters(self) -> list[nn.Parameter]:
+        """The tuner steps these and clamps them in place to [-0.5, 0.5] (``TuneContext.extra``)."""
         return [offset.v for _, _, offset in self.attached.values()]
-
-    def clamp_(self) -> None:
-        with torch.no_grad():
-            for param in self.parameters:
-                param.clamp_(-0.5, 0.5)
 
     def finish(self) -> dict[str, torch.Tensor]:
         """Remove the offsets, leaving the tuned values in the modules; returns them by full name
@@ -76,7 +73,7 @@ class NormBiasOffsets:
 def attach_offsets(block: nn.Module, prefix: str) -> NormBiasOffsets:
     """An offset on every norm weight and every Linear bias inside ``block`` (wrapped Linears
     included: their inner Linear's bias); ``prefix`` makes the names full."""
-    offsets = NormBiasOffsets(prefix)
+    offsets = NormBiasOffsets()
     wrapped = {rel for rel, module in block.named_modules() if isinstance(module, TunableLinear)}
     for rel, module in block.named_modules():
         targets = []

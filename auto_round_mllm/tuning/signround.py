@@ -250,22 +250,18 @@ class SignRoundTuner:
                 ctx.on_step(step)
         outcome.best_loss = best_loss if outcome.best_iter is not None else None
         if best_state is not None:
+            layers, extra = best_state
             for name, layer in wrapped.items():
-                layer.restore(best_state[name])
+                layer.restore(layers[name])
             with torch.no_grad():
-                for param, kept in zip(ctx.extra, best_state[EXTRA], strict=True):
+                for param, kept in zip(ctx.extra, extra, strict=True):
                     param.copy_(kept)
         return outcome
 
 
-EXTRA = "\0extra"
-"""The snapshot's key for the extra parameters (no layer name holds a NUL)."""
-
-
-def snapshot(wrapped: dict[str, TunableLinear], extra: list[torch.Tensor]) -> dict:
-    state: dict = {name: layer.snapshot() for name, layer in wrapped.items()}
-    state[EXTRA] = [param.detach().clone() for param in extra]
-    return state
+def snapshot(wrapped: dict[str, TunableLinear], extra: list[torch.Tensor]) -> tuple[dict, list[torch.Tensor]]:
+    """The wrapped layers' parameters and copies of the extra ones, to restore the best step."""
+    return {name: layer.snapshot() for name, layer in wrapped.items()}, [p.detach().clone() for p in extra]
 
 
 register_tuner("signround")(SignRoundTuner)

@@ -112,7 +112,9 @@ def test_layer_config_gives_lm_head_its_own_scheme(tiny_llama, tmp_path, fmt):
 
 def test_a_vision_language_models_lm_head(tiny_qwen2_vl, tmp_path):
     """The decoder's final norm is found under the language model (model.language_model.norm)."""
-    _, tuned, folder = tune_export(tiny_qwen2_vl, tmp_path, "auto_round", iters=2, quant_lm_head=True)
+    _, tuned, folder = tune_export(  # image conversations of several lengths: batched by shape
+        tiny_qwen2_vl, tmp_path, "auto_round", iters=2, quant_lm_head=True, dataset="embedded-images:4"
+    )
     assert tuned.qweights["lm_head"].bits == 4 and tuned.blocks[-1].name == "lm_head"
     assert tuned.blocks[-1].rtn_loss is not None
     config = json.loads((folder / "config.json").read_text())["quantization_config"]
