@@ -86,9 +86,10 @@ def format_notes(job: QuantJob, tuned: TunedModel, not_marlin: dict[str, str]) -
             f"{len(not_marlin)} of {len(tuned.qweights)} layers cannot use vLLM's Marlin kernels "
             f"(first: {name}: {why}); vLLM runs them on slower GPTQ/AWQ kernels"
         )
-    if "auto_gptq" in job.export.formats and len(tuned.block_groups) > 1:
+    gptq = [fmt for fmt in job.export.formats if fmt in ("auto_gptq", "gptq_v2")]
+    if gptq and len(tuned.block_groups) > 1:
         notes.append(
-            "auto_gptq with quantized vision blocks: transformers' GPTQ loader (optimum) reads one block "
+            f"{gptq[0]} with quantized vision blocks: transformers' GPTQ loader (optimum) reads one block "
             "list only; load it with auto_round_mllm.load_quantized or vLLM, or export auto_round"
         )
     return notes

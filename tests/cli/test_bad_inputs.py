@@ -273,6 +273,13 @@ CASES = [
     # formats and the output
     Case("format-unknown", with_model("--format", "gguf"), "unknown export format 'gguf'"),
     Case("format-cannot-store-scheme", with_model("--format", "auto_awq", "--bits", "2"), "auto_awq"),
+    # vLLM rejects gptq_v2 ("Unsupported quantization config: bits=4, sym=False"): say so before
+    # tuning and name the formats it loads
+    Case(
+        "asym-gptq-vllm-cannot-load",
+        with_model("--format", "auto_gptq", "--asym"),
+        "which vLLM does not load; use --format auto_round (asymmetric 4-bit in AWQ packing) or auto_awq",
+    ),
     Case("shard-size-not-understood", with_model("--max_shard_size", "lots"), "shard size 'lots' is not understood"),
     Case("existing-output-without-force", existing_output, "already exists"),
     Case("read-only-output-location", read_only_output, "cannot write under"),

@@ -38,10 +38,10 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "qwen2_vl-w4g64-asym-vision": (
         "qwen2_vl",
         [*SMALL, "--group_size", "64", "--asym", "--quant_nontext_module",
-         "--format", "auto_round,auto_round:auto_awq,auto_gptq,auto_awq,fake"],
+         "--format", "auto_round,auto_round:auto_awq,gptq_v2,auto_awq,fake"],
     ),
     "llama-w3g32-asym": ("llama", [*SMALL, "--bits", "3", "--group_size", "32", "--asym",
-                                   "--format", "auto_round,auto_gptq,fake"]),
+                                   "--format", "auto_round,gptq_v2,fake"]),
     "llama-w8-rtn": ("llama", ["--iters", "0", "--bits", "8", "--format", "auto_round,auto_gptq,fake"]),
     "llava-w2g32-whole-model": ("llava", [*SMALL, "--scheme", "W2A16G32", "--disable_streaming",
                                           "--format", "auto_round,fake"]),

@@ -48,7 +48,7 @@ def same_logits(tuned, folder, packed_layers=14):
         ("auto_round", {"asym": True}),  # AWQ packing
         ("auto_round", {"asym": True, "bits": 2}),  # native packing
         ("auto_gptq", {}),
-        ("auto_gptq", {"asym": True}),
+        ("gptq_v2", {"asym": True}),
     ],
     ids=["auto_round", "auto_round-awq-packing", "auto_round-native-w2", "auto_gptq", "auto_gptq-v2"],
 )

@@ -19,7 +19,7 @@ CASES = {
     # several formats at once, asym, and small shards: lazy tensors across shard boundaries
     "qwen2-vl-formats": (
         "tiny_qwen2_vl",
-        ["--asym", "--format", "auto_round,auto_gptq,fake", "--max_shard_size", "300KB"],
+        ["--asym", "--format", "auto_round,gptq_v2,fake", "--max_shard_size", "300KB"],
     ),
     # tuning starts at block 1: block 0 stays in memory for the capture forward, 1-3 stream
     "llava-later-blocks": (
