@@ -14,6 +14,7 @@ demo:
 test:
 	PYTHON=$(PYTHON) scripts/bootstrap.sh test
 	$(PYTHON) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PYTHON) scripts/check_engines.py --check
 
 lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .

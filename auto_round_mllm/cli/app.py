@@ -324,13 +324,14 @@ def list_command(
     from auto_round_mllm.data.sources import DATASETS
     from auto_round_mllm.data.templates import TEMPLATES
     from auto_round_mllm.export import EXPORTERS
+    from auto_round_mllm.export.engines import engine_note
     from auto_round_mllm.models.family import FAMILIES
 
     rows: dict[str, Any] = {
         "schemes": lambda: (
             (n, f"bits={p.bits} group_size={p.group_size} sym={p.sym}") for n, p in PRESETS.items()
         ),
-        "formats": lambda: ((n, "") for n, _ in EXPORTERS.items()),
+        "formats": lambda: ((n, engine_note(n)) for n, _ in EXPORTERS.items()),
         "models": lambda: (
             (
                 n,
