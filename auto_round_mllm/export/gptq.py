@@ -21,8 +21,7 @@ from torch import nn
 
 from auto_round_mllm._version import __version__
 from auto_round_mllm.config import QuantScheme
-from auto_round_mllm.errors import IncompatibleScheme
-from auto_round_mllm.export.base import ExportInput, register_exporter
+from auto_round_mllm.export.base import ExportInput, check_int_weights, register_exporter
 from auto_round_mllm.export.checkpoint import Namer, both_conventions, write_checkpoint
 from auto_round_mllm.export.layouts import gptq_g_idx, gptq_layer_problem, pack_gptq
 
@@ -34,10 +33,7 @@ class GPTQExporter:
     quantized_head = True
 
     def check(self, scheme: QuantScheme) -> None:
-        if scheme.data_type != "int":
-            raise IncompatibleScheme(
-                f"auto_gptq stores int weights, not {scheme.data_type}", fix="use --data_type int"
-            )
+        check_int_weights(scheme, "auto_gptq")
 
     def layer_problem(
         self, layer: nn.Linear, scheme: QuantScheme, job_scheme: QuantScheme | None = None
