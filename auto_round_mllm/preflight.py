@@ -110,14 +110,14 @@ def check_mixed_bits(job: QuantJob) -> None:
         if not EXPORTERS.get(fmt).per_layer_schemes:
             raise UserError(
                 f"--schemes mixes schemes per layer, which --format {fmt} cannot store (one scheme for all layers)",
-                fix="use --format auto_round or auto_gptq",
+                fix="use --format auto_round, auto_gptq or llm_compressor",
             )
     awq_packed = [f for f in job.export.formats if f in ("auto_round", "auto_round:auto_awq")]
     if not job.scheme.sym and awq_packed:
         raise UserError(
             f"--schemes with --asym: --format {awq_packed[0]} packs asymmetric weights as AWQ, which holds "
             "4-bit layers only",
-            fix="use --format auto_gptq (exact zero points at any width), or symmetric schemes",
+            fix="use --format auto_gptq or llm_compressor (exact zero points at any width), or symmetric schemes",
         )
 
 
@@ -136,7 +136,7 @@ def check_lm_head_flags(job: QuantJob) -> None:
         if not EXPORTERS.get(fmt).quantized_head:
             raise UserError(
                 f"--quant_lm_head with --format {fmt}: its loaders keep lm_head in 16 bit",
-                fix="use --format auto_round or auto_gptq, or leave --quant_lm_head out",
+                fix="use --format auto_round, auto_gptq or llm_compressor, or leave --quant_lm_head out",
             )
     if job.mixed.active:
         raise UserError(

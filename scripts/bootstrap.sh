@@ -26,7 +26,7 @@ from importlib.metadata import version
 import auto_round_mllm, transformers, typer, rich, safetensors, accelerate, datasets, PIL  # noqa: F401
 assert version("transformers").startswith("5.")
 if sys.argv[1]:
-    import pytest, auto_round, lm_eval, ruff, num2words  # noqa: F401
+    import pytest, auto_round, lm_eval, ruff, num2words, compressed_tensors  # noqa: F401
     import platform
     if platform.system() == "Linux" and platform.machine() == "x86_64":
         import triton  # noqa: F401

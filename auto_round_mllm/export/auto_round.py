@@ -19,7 +19,7 @@ from torch import nn
 from auto_round_mllm._version import __version__
 from auto_round_mllm.config import QuantScheme, TuningConfig
 from auto_round_mllm.errors import IncompatibleScheme
-from auto_round_mllm.export.base import ExportInput, register_exporter
+from auto_round_mllm.export.base import ExportInput, check_int_weights, register_exporter
 from auto_round_mllm.export.checkpoint import Namer, both_conventions, write_checkpoint
 from auto_round_mllm.export.layouts import awq_layer_problem, gptq_layer_problem, pack_awq, pack_gptq
 
@@ -91,10 +91,7 @@ class AutoRoundExporter:
         self.quantized_head = packing != AWQ_PACKING
 
     def check(self, scheme: QuantScheme) -> None:
-        if scheme.data_type != "int":
-            raise IncompatibleScheme(
-                f"the auto_round format stores int weights, not {scheme.data_type}", fix="use --data_type int"
-            )
+        check_int_weights(scheme, "the auto_round format")
         if self.requested == AWQ_PACKING and scheme.bits != 4:
             raise IncompatibleScheme(
                 f"{AWQ_PACKING} stores 4-bit weights only, not {scheme.bits}-bit",

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from auto_round_mllm.config import QuantJob, QuantScheme
+from auto_round_mllm.errors import IncompatibleScheme
 from auto_round_mllm.export.layouts import marlin_problem
 from auto_round_mllm.models.layer_plan import LayerDecision
 from auto_round_mllm.quant.tunable import QuantizedWeight
@@ -101,6 +102,14 @@ class Exporter(Protocol):
 
 
 EXPORTERS: Registry[Exporter] = Registry("export format")
+
+
+def check_int_weights(scheme: QuantScheme, stores: str) -> None:
+    """Refuse a data type other than int for a format (``stores``: who stores them, in words)."""
+    if scheme.data_type != "int":
+        raise IncompatibleScheme(
+            f"{stores} stores int weights, not {scheme.data_type}", fix="use --data_type int"
+        )
 
 
 def register_exporter(name: str, exporter: Exporter, *, aliases: tuple[str, ...] = ()) -> Exporter:

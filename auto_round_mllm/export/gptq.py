@@ -25,7 +25,7 @@ from torch import nn
 from auto_round_mllm._version import __version__
 from auto_round_mllm.config import QuantScheme
 from auto_round_mllm.errors import IncompatibleScheme
-from auto_round_mllm.export.base import ExportInput, register_exporter
+from auto_round_mllm.export.base import ExportInput, check_int_weights, register_exporter
 from auto_round_mllm.export.checkpoint import Namer, both_conventions, fp_modules_outside, write_checkpoint
 from auto_round_mllm.export.layouts import gptq_g_idx, gptq_layer_problem, pack_gptq
 
@@ -41,10 +41,7 @@ class GPTQExporter:
         """``gptq_v2``: zeros stored as they are (any scheme); else v1, zero minus one (sym only)."""
 
     def check(self, scheme: QuantScheme) -> None:
-        if scheme.data_type != "int":
-            raise IncompatibleScheme(
-                f"{self.name} stores int weights, not {scheme.data_type}", fix="use --data_type int"
-            )
+        check_int_weights(scheme, self.name)
         if not scheme.sym and not self.exact_zeros:
             raise IncompatibleScheme(
                 "auto_gptq stores symmetric weights only: asymmetric GPTQ needs the gptq_v2 convention, "

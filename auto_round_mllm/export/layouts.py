@@ -8,6 +8,13 @@ the v1 convention, 0 for v2 / auto-round native), ``scales`` fp16 ``[groups, out
 AWQ GEMM (``auto_awq``, ``auto_round:auto_awq``; 4-bit): ``qweight`` int32 ``[in, out/8]`` and
 ``qzeros`` int32 ``[groups, out/8]``, both packed along the output dimension with AWQ's column
 interleave (column ``AWQ_ORDER[i]`` of each 8 sits in nibble ``i``), exact zeros, fp16 ``scales``.
+
+compressed-tensors ``pack-quantized`` (``llm_compressor``; 0.20.0's ``pack_to_int32``): ``weight_packed``
+int32 ``[out, ceil(in*bits/32)]``, each row one dense little-endian bitstream of ``code + 2**(bits-1)``
+for the signed code, i.e. our unsigned code; ``weight_zero_point`` (asymmetric only) int32
+``[ceil(out*bits/32), groups]``, the zero points packed the same way along the output dimension;
+``weight_scale`` fp16 ``[out, groups]`` (``groups`` 1 per channel); ``weight_shape`` int64 ``[out, in]``.
+A symmetric layer has no zero point: its codes are centred on ``2**(bits-1)``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,15 @@ import torch
 from torch import nn
 
 from auto_round_mllm.config import QuantScheme
-from auto_round_mllm.quant.packing import chunk_shape, pack_cols, pack_rows, unpack_cols, unpack_rows
+from auto_round_mllm.quant.packing import (
+    chunk_shape,
+    pack_cols,
+    pack_dense,
+    pack_rows,
+    unpack_cols,
+    unpack_dense,
+    unpack_rows,
+)
 from auto_round_mllm.quant.tunable import QuantizedWeight
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -74,6 +89,52 @@ def unpack_awq(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     codes = _awq_interleave(unpack_cols(tensors["qweight"], 4), AWQ_INVERSE).t()
     zeros = _awq_interleave(unpack_cols(tensors["qzeros"], 4), AWQ_INVERSE).t()
     return codes, zeros, tensors["scales"].t()
+
+
+def pack_compressed_tensors(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
+    """compressed-tensors ``pack-quantized`` tensors of one layer (see the module docstring)."""
+    tensors = {
+        "weight_packed": pack_dense(qw.codes.to(torch.int32), qw.bits),
+        "weight_scale": qw.scale.contiguous().to(torch.float16),
+        "weight_shape": torch.tensor([qw.out_features, qw.in_features], dtype=torch.int64),
+    }
+    if not qw.sym:
+        tensors["weight_zero_point"] = (
+            pack_dense(qw.zp.to(torch.int32).t().contiguous(), qw.bits).t().contiguous()
+        )
+    return {**tensors, **_bias(qw)}
+
+
+def unpack_compressed_tensors(
+    tensors: dict[str, torch.Tensor], *, bits: int, shape: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes ``[out, in]``, real zeros ``[out, groups]``, scales ``[out, groups]``); ``shape``
+    (``[out, in]``) saves reading ``weight_shape``."""
+    out, inp = shape or (int(v) for v in tensors["weight_shape"])
+    scales = tensors["weight_scale"]
+    codes = unpack_dense(tensors["weight_packed"], bits, inp)
+    if "weight_zero_point" in tensors:
+        zeros = unpack_dense(tensors["weight_zero_point"].t(), bits, out).t()
+    else:
+        zeros = torch.full(tuple(scales.shape), 2 ** (bits - 1), dtype=torch.int32, device=scales.device)
+    return codes, zeros, scales
+
+
+def unpack(
+    kind: str,
+    tensors: dict[str, torch.Tensor],
+    *,
+    bits: int,
+    zero_offset: int = 0,
+    shape: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes ``[out, in]``, real zeros ``[out, groups]``, scales ``[out, groups]``) of one layer in
+    layout ``kind`` (``"gptq"``, ``"awq"`` or ``"compressed_tensors"``)."""
+    if kind == "awq":
+        return unpack_awq(tensors)
+    if kind == "compressed_tensors":
+        return unpack_compressed_tensors(tensors, bits=bits, shape=shape)
+    return unpack_gptq(tensors, bits=bits, zero_offset=zero_offset)
 
 
 def dequantize(

@@ -1,4 +1,5 @@
-"""Read our ``auto_round`` checkpoints back into a plain full-precision transformers model.
+"""Read our packed checkpoints (every format but ``fake``) back into a plain full-precision
+transformers model.
 
 The packed tensors are unpacked and dequantized (``W = scales * (q - zero)``) under their checkpoint
 names, written to a scratch folder beside the original config minus ``quantization_config``, and
@@ -18,12 +19,21 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from auto_round_mllm.export.layouts import dequantize, unpack_awq, unpack_gptq
+from auto_round_mllm.export.layouts import dequantize, unpack
 from auto_round_mllm.inference.layer_config import layer_scheme
+
+PACKED_PARTS = {
+    "gptq": ("qweight", "qzeros", "scales"),
+    "awq": ("qweight", "qzeros", "scales"),
+    "compressed_tensors": ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point"),
+}
+"""Each layout's tensors of one packed layer, the one that marks it first (the zero point of a
+symmetric compressed-tensors layer is absent)."""
+GROUP_INDEXES = (".g_idx", ".weight_g_idx")
 
 
 def layout_of(quant_config: dict) -> tuple[str, int]:
-    """(``"gptq"`` or ``"awq"``, zero offset) of a checkpoint's packed tensors."""
+    """(``"gptq"``, ``"awq"`` or ``"compressed_tensors"``, zero offset) of a checkpoint's packed tensors."""
     method = quant_config.get("quant_method")
     if method == "auto-round":
         packing = quant_config.get("packing_format", "auto_round:auto_gptq")
@@ -34,6 +44,8 @@ def layout_of(quant_config: dict) -> tuple[str, int]:
         return "gptq", 0 if quant_config.get("checkpoint_format") == "gptq_v2" else 1
     if method == "awq":
         return "awq", 0
+    if method == "compressed-tensors":
+        return "compressed_tensors", 0
     raise ValueError(f"cannot read quant_method {method!r}")
 
 
@@ -52,21 +64,18 @@ def dequantized_state_dict(folder: Path, quant_config: dict | None) -> dict[str,
     if quant_config is None:
         return tensors
     layout, offset = layout_of(quant_config)
+    marker, *others = PACKED_PARTS[layout]
     out: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
-        if name.endswith((".qzeros", ".scales", ".g_idx")):
+        if name.endswith((*(f".{part}" for part in others), *GROUP_INDEXES)):
             continue
-        if not name.endswith(".qweight"):
+        if not name.endswith(f".{marker}"):
             out[name] = tensor
             continue
-        prefix = name.removesuffix(".qweight")
-        parts = {key: tensors[f"{prefix}.{key}"] for key in ("qweight", "qzeros", "scales")}
-        if layout == "awq":
-            codes, zeros, scales = unpack_awq(parts)
-        else:
-            bits = layer_scheme(quant_config, prefix)["bits"]
-            codes, zeros, scales = unpack_gptq(parts, bits=bits, zero_offset=offset)
-        out[f"{prefix}.weight"] = dequantize(codes, zeros, scales)
+        prefix = name.removesuffix(f".{marker}")
+        parts = {key: tensors[f"{prefix}.{key}"] for key in (marker, *others) if f"{prefix}.{key}" in tensors}
+        bits = 4 if layout == "awq" else layer_scheme(quant_config, prefix)["bits"]
+        out[f"{prefix}.weight"] = dequantize(*unpack(layout, parts, bits=bits, zero_offset=offset))
     return out
 
 

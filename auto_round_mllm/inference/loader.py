@@ -1,9 +1,10 @@
 """Load our checkpoints as quantized transformers models, with no peer package installed.
 
-A transformers quantizer for ``quant_method: "auto-round"`` (every packing we write) and ``"awq"``
-replaces the quantized Linears with :class:`QuantLinear` before the weights load, so transformers
-itself reads the packed tensors under its usual checkpoint renaming. ``load_quantized(path)`` uses
-it directly. ``register_with_transformers()`` (run when ``auto_round_mllm.AutoRoundConfig`` is
+A transformers quantizer for ``quant_method: "auto-round"`` (every packing we write), ``"gptq"``,
+``"awq"`` and ``"compressed-tensors"`` (``pack-quantized``, what ``llm_compressor`` writes) replaces
+the quantized Linears with :class:`QuantLinear` before the weights load, so transformers itself
+reads the packed tensors under its usual checkpoint renaming. ``load_quantized(path)`` uses it
+directly. ``register_with_transformers()`` (run when ``auto_round_mllm.AutoRoundConfig`` is
 imported) makes a plain ``from_pretrained`` use it too, but only when the ``auto-round`` package is
 absent: where it is installed, its own quantizer keeps the name.
 """
@@ -25,7 +26,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from auto_round_mllm.inference.layer_config import excluded, layer_scheme
 from auto_round_mllm.inference.qlinear import PackedLayout, QuantLinear, check_backend, set_backend
 
-METHODS = ("auto-round", "awq", "gptq")
+METHODS = ("auto-round", "awq", "gptq", "compressed-tensors")
 
 
 def layout_for(config: dict[str, Any], name: str) -> PackedLayout:
@@ -40,6 +41,7 @@ def layout_for(config: dict[str, Any], name: str) -> PackedLayout:
         group_size=scheme["group_size"],
         zero_offset=offset,
         has_g_idx=config.get("quant_method") == "gptq",
+        sym=scheme["sym"],
     )
 
 
@@ -57,6 +59,8 @@ def quantized_linear_names(model: nn.Module, config: dict[str, Any]) -> list[str
     auto-round's GPTQ export writes, or checkpoint-convention names only) falls back to the
     family's text decoder blocks, the only ones such configs quantize."""
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if config.get("quant_method") == "compressed-tensors":  # config groups and ignore name them all
+        return [name for name in linears if not excluded(config, name)]
     if config.get("quant_method") == "awq":
         keep = config.get("modules_to_not_convert") or []
         return [name for name in linears if not any(name == k or name.startswith(k + ".") for k in keep)]
@@ -178,7 +182,8 @@ def load_quantized(
     **kwargs,
 ):
     """A transformers model with packed :class:`QuantLinear` layers, for any ``auto_round``,
-    ``auto_gptq`` or ``auto_awq`` checkpoint we write. ``backend``: see :class:`QuantLinear`."""
+    ``auto_gptq``, ``auto_awq`` or ``llm_compressor`` checkpoint we write. ``backend``: see
+    :class:`QuantLinear`."""
     check_backend(backend)
     from auto_round_mllm.models.architecture import model_class_for
 

@@ -1,11 +1,12 @@
-"""A Linear that keeps its weight packed (GPTQ or AWQ layout) and computes with it directly.
+"""A Linear that keeps its weight packed (GPTQ, AWQ or compressed-tensors layout) and computes with it.
 
 Two paths. The Triton kernel (``triton_matmul``) unpacks tiles in registers and multiplies them
 without ever holding the fp weight; it is used on CUDA devices for GPTQ 2/4/8-bit and AWQ 4-bit.
 The plain torch path dequantizes the whole weight per call: it runs everywhere (CPU, any GPU),
-reads every layout we write including 3-bit and act-order ``g_idx``, and is the fallback when
-Triton is missing or its kernel fails to build. Serving engines with Marlin/ExLlama kernels remain
-the fastest option; this layer is for loading and checking checkpoints in plain transformers.
+reads every layout we write including 3-bit, compressed-tensors' ``pack-quantized`` and act-order
+``g_idx``, and is the fallback when Triton is missing or its kernel fails to build. Serving engines
+with Marlin/ExLlama kernels remain the fastest option; this layer is for loading and checking
+checkpoints in plain transformers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auto_round_mllm.export.layouts import dequantize, unpack_awq, unpack_gptq
+from auto_round_mllm.export.layouts import dequantize, unpack
 from auto_round_mllm.inference import triton_matmul
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,12 @@ BACKENDS = ("auto", "torch", "triton")
 class PackedLayout:
     """How a checkpoint stores its quantized Linears."""
 
-    kind: str  # "gptq" or "awq"
+    kind: str  # "gptq", "awq" or "compressed_tensors"
     bits: int
     group_size: int
     zero_offset: int = 0
     has_g_idx: bool = False
+    sym: bool = True  # compressed-tensors stores zero points for asymmetric layers only
 
 
 class QuantLinear(nn.Module):
@@ -51,7 +53,9 @@ class QuantLinear(nn.Module):
         group_size = in_features if layout.group_size == -1 else layout.group_size
         groups = in_features // group_size
         bits = layout.bits
-        if layout.kind == "awq":
+        if layout.kind == "compressed_tensors":
+            self._register_compressed_tensors(groups)
+        elif layout.kind == "awq":
             self.register_buffer("qweight", torch.zeros(in_features, out_features // 8, dtype=torch.int32))
             self.register_buffer("qzeros", torch.zeros(groups, out_features // 8, dtype=torch.int32))
         else:
@@ -61,18 +65,40 @@ class QuantLinear(nn.Module):
             self.register_buffer("qzeros", torch.zeros(groups, out_features * bits // 32, dtype=torch.int32))
             if layout.has_g_idx:
                 self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int32))
-        self.register_buffer("scales", torch.zeros(groups, out_features, dtype=torch.float16))
+        if layout.kind != "compressed_tensors":
+            self.register_buffer("scales", torch.zeros(groups, out_features, dtype=torch.float16))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float16) if bias else None)
+
+    def _register_compressed_tensors(self, groups: int) -> None:
+        """compressed-tensors' ``pack-quantized`` buffers, named as the checkpoint names them."""
+        out_features, bits = self.out_features, self.layout.bits
+        words = -(-self.in_features * bits // 32)
+        self.register_buffer("weight_packed", torch.zeros(out_features, words, dtype=torch.int32))
+        self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float16))
+        self.register_buffer(
+            "weight_shape", torch.tensor([out_features, self.in_features], dtype=torch.int64)
+        )
+        if not self.layout.sym:
+            zero_words = -(-out_features * bits // 32)
+            self.register_buffer("weight_zero_point", torch.zeros(zero_words, groups, dtype=torch.int32))
+
+    def packed_tensors(self) -> dict[str, torch.Tensor]:
+        """The packed buffers by their checkpoint suffix."""
+        names = ("qweight", "qzeros", "scales")
+        if self.layout.kind == "compressed_tensors":
+            names = ("weight_packed", "weight_scale", "weight_zero_point")
+        return {name: getattr(self, name) for name in names if getattr(self, name, None) is not None}
 
     def dequantized_weight(self) -> torch.Tensor:
         """``[out, in]`` fp32 weight from the packed buffers."""
-        packed = {"qweight": self.qweight, "qzeros": self.qzeros, "scales": self.scales}
-        if self.layout.kind == "awq":
-            codes, zeros, scales = unpack_awq(packed)
-        else:
-            codes, zeros, scales = unpack_gptq(
-                packed, bits=self.layout.bits, zero_offset=self.layout.zero_offset
-            )
+        layout = self.layout
+        codes, zeros, scales = unpack(
+            layout.kind,
+            self.packed_tensors(),
+            bits=layout.bits,
+            zero_offset=layout.zero_offset,
+            shape=(self.out_features, self.in_features),
+        )
         return dequantize(codes, zeros, scales, None if self.contiguous_groups() else self.g_idx)
 
     def contiguous_groups(self) -> bool:

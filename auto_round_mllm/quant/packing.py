@@ -8,6 +8,9 @@ along the input dimension) and ``qzeros`` (packed along the output dimension) ar
 
 Arithmetic is done in int64 so shifts never overflow, then reinterpreted as int32 with wrap-around
 (``0xFFFFFFFF`` becomes ``-1``), which is how the words are stored in checkpoints.
+
+The same bitstream packed along dim 1 of any length, the last word padded with zero bits
+(:func:`pack_dense` / :func:`unpack_dense`), is compressed-tensors' ``pack-quantized`` layout.
 """
 
 from __future__ import annotations
@@ -106,3 +109,31 @@ def pack_cols(codes: Tensor, bits: int) -> Tensor:
 def unpack_cols(packed: Tensor, bits: int, cols: int | None = None) -> Tensor:
     """Inverse of :func:`pack_cols`."""
     return unpack_rows(packed.t(), bits, cols).t().contiguous()
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def pack_dense(codes: Tensor, bits: int) -> Tensor:
+    """Pack ``[N, K]`` codes along dim 1, any ``K``, into int32 ``[N, ceil(K * bits / 32)]``: one dense
+    bitstream per row (value ``j`` at bits ``[j * bits, (j + 1) * bits)``), the last word's unused
+    bits zero. compressed-tensors' ``pack_to_int32`` writes exactly this."""
+    values, _ = chunk_shape(bits)
+    cols = codes.shape[1]
+    padded = _ceil_to(cols, values)
+    if padded != cols:  # whole chunks to pack; the words that hold only padding are dropped
+        codes = torch.cat([codes, codes.new_zeros(codes.shape[0], padded - cols)], dim=1)
+    packed = pack_cols(codes, bits)[:, : _ceil_to(cols * bits, 32) // 32]
+    return packed.new_empty(packed.shape).copy_(packed)  # row-major strides, even for one word per row
+
+
+def unpack_dense(packed: Tensor, bits: int, cols: int) -> Tensor:
+    """Inverse of :func:`pack_dense`: int32 ``[N, W]`` to int32 codes ``[N, cols]``."""
+    _, words = chunk_shape(bits)
+    if packed.dim() != 2 or packed.shape[1] != _ceil_to(cols * bits, 32) // 32:
+        raise ValueError(f"packed shape {tuple(packed.shape)} does not hold {cols} {bits}-bit values per row")
+    padded = _ceil_to(packed.shape[1], words)
+    if padded != packed.shape[1]:
+        packed = torch.cat([packed, packed.new_zeros(packed.shape[0], padded - packed.shape[1])], dim=1)
+    return unpack_cols(packed, bits, cols)

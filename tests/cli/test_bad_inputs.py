@@ -267,6 +267,11 @@ CASES = [
         with_model("--scale_dtype", "fp32"),
         "--scale_dtype float32 cannot be stored by --format auto_round",
     ),
+    Case(
+        "scale-dtype-llm-compressor-cannot-store",
+        with_model("--format", "compressed-tensors", "--scale_dtype", "fp32"),
+        "--scale_dtype float32 cannot be stored by --format compressed-tensors: it writes float16 scales",
+    ),
     Case("blocks-match-nothing", with_model("--to_quant_block_names", "nothing_like_this"), "matches no block"),
     Case("device-unknown", with_model("--device", "tpu"), "--device 'tpu' is not understood"),
     Case("device-absent", with_model("--device", "cuda:0"), "not available on this machine"),

@@ -33,12 +33,12 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "qwen2_vl-w4g32-sym-all-formats": (
         "qwen2_vl",
         [*SMALL, "--group_size", "32", "--format",
-         "auto_round,auto_round:auto_gptq,auto_round:auto_awq,auto_gptq,auto_awq,fake"],
+         "auto_round,auto_round:auto_gptq,auto_round:auto_awq,auto_gptq,auto_awq,llm_compressor,fake"],
     ),
     "qwen2_vl-w4g64-asym-vision": (
         "qwen2_vl",
         [*SMALL, "--group_size", "64", "--asym", "--quant_nontext_module",
-         "--format", "auto_round,auto_round:auto_awq,gptq_v2,auto_awq,fake"],
+         "--format", "auto_round,auto_round:auto_awq,gptq_v2,auto_awq,llm_compressor,fake"],
     ),
     "llama-w3g32-asym": ("llama", [*SMALL, "--bits", "3", "--group_size", "32", "--asym",
                                    "--format", "auto_round,gptq_v2,fake"]),

@@ -30,9 +30,19 @@ STORES = {
     "auto_round:auto_awq": {"w4g128", "w4g128-asym"},
     "auto_gptq": set(SCHEMES),
     "auto_awq": {"w4g128", "w4g128-asym"},
+    "llm_compressor": set(SCHEMES),
     "fake": set(SCHEMES),
 }
-PACKED_LOADER = {"auto_round", "auto_round:auto_gptq", "auto_round:auto_awq", "auto_gptq", "auto_awq"}
+PACKED_LOADER = {
+    "auto_round",
+    "auto_round:auto_gptq",
+    "auto_round:auto_awq",
+    "auto_gptq",
+    "auto_awq",
+    "llm_compressor",
+}
+PACKED_NAMES = {"llm_compressor": (".weight_packed", ".weight_scale")}
+"""The tensor that marks a packed layer, and its scales, where they are not GPTQ's and AWQ's."""
 CASES = [(fmt, scheme) for fmt in STORES for scheme in SCHEMES]
 
 
@@ -77,7 +87,8 @@ def test_write_reload_same_logits(family, fmt, scheme, tiny_models, tmp_path):
             torch.testing.assert_close(packed(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
     config = json.loads((folder / "config.json").read_text())
     tensors = read_tensors(folder)
-    quantized = [n for n in tensors if n.endswith(".qweight")]
+    marker, _ = PACKED_NAMES.get(fmt, (".qweight", ".scales"))
+    quantized = [n for n in tensors if n.endswith(marker)]
     if fmt == "fake":
         assert "quantization_config" not in config and not quantized
         return
@@ -114,7 +125,23 @@ def check_contract(fmt, quant, tensors, scheme):
         assert quant["quant_method"] == "awq" and quant["version"] == "gemm" and quant["zero_point"] is True
         not_converted = quant["modules_to_not_convert"]
         assert "lm_head" in not_converted and any("visual" in n or "vision_tower" in n for n in not_converted)
-    scales = next(t for n, t in tensors.items() if n.endswith(".scales"))
+    elif fmt == "llm_compressor":
+        assert quant["quant_method"] == "compressed-tensors" and quant["format"] == "pack-quantized"
+        (group,) = quant["config_groups"].values()
+        weights = group["weights"]
+        assert group["targets"] == ["Linear"] and weights["type"] == "int"
+        assert (weights["num_bits"], weights["group_size"] or -1, weights["symmetric"]) == (
+            scheme.bits,
+            scheme.group_size,
+            scheme.sym,
+        )
+        ignored = quant["ignore"]
+        assert "lm_head" in ignored or "language_model.lm_head" in ignored
+        assert any("visual" in n or "vision_tower" in n for n in ignored)
+        zero_points = [n for n in tensors if n.endswith(".weight_zero_point")]
+        assert len(zero_points) == (0 if scheme.sym else 28)
+    _, scale_suffix = PACKED_NAMES.get(fmt, (".qweight", ".scales"))
+    scales = next(t for n, t in tensors.items() if n.endswith(scale_suffix))
     assert scales.dtype == torch.float16
 
 

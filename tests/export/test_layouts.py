@@ -7,8 +7,11 @@ from auto_round_mllm.export.layouts import (
     dequantize,
     marlin_problem,
     pack_awq,
+    pack_compressed_tensors,
     pack_gptq,
+    unpack,
     unpack_awq,
+    unpack_compressed_tensors,
     unpack_gptq,
 )
 from auto_round_mllm.quant.tunable import QuantizedWeight
@@ -70,6 +73,25 @@ def test_awq_round_trip_and_interleave():
         pack_awq(random_qweight(2))
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("sym", [True, False])
+def test_compressed_tensors_round_trip(bits, sym):
+    qw = random_qweight(bits, out=40, inp=96, sym=sym)  # 40 * 3 bits: a zero-point column of 3.75 words
+    tensors = pack_compressed_tensors(qw)
+    assert tensors["weight_packed"].shape == (40, -(-96 * bits // 32))
+    assert tensors["weight_scale"].shape == (40, 3) and tensors["weight_scale"].dtype == torch.float16
+    assert tensors["weight_shape"].tolist() == [40, 96] and tensors["weight_shape"].dtype == torch.int64
+    assert ("weight_zero_point" in tensors) == (not sym)  # a symmetric layer's zero is implied
+    if not sym:
+        assert tensors["weight_zero_point"].shape == (-(-40 * bits // 32), 3)
+    codes, zeros, scales = unpack_compressed_tensors(tensors, bits=bits)
+    assert torch.equal(codes, qw.codes.to(torch.int32)) and torch.equal(zeros, qw.zp)
+    assert torch.equal(scales, qw.scale)
+    assert torch.equal(dequantize(codes, zeros, scales), qw.dequantize())
+    same = unpack("compressed_tensors", tensors, bits=bits, shape=(40, 96))
+    assert all(torch.equal(a, b) for a, b in zip(same, (codes, zeros, scales), strict=True))
+
+
 def test_marlin_constraints():
     assert marlin_problem(random_qweight(4, out=64, inp=128)) is None
     assert "asymmetric" in marlin_problem(random_qweight(4, sym=False))
@@ -78,7 +100,7 @@ def test_marlin_constraints():
     assert "in_features 96" in marlin_problem(random_qweight(4, inp=96))
 
 
-@pytest.mark.parametrize("pack", [lambda qw: pack_gptq(qw, zero_offset=0), pack_awq])
+@pytest.mark.parametrize("pack", [lambda qw: pack_gptq(qw, zero_offset=0), pack_awq, pack_compressed_tensors])
 def test_a_bf16_bias_is_written_in_bf16_not_narrowed_to_an_overflowing_fp16(pack):
     qw = random_qweight(4, sym=False)
     qw.bias = torch.tensor([1.0e5, -3.0e5, 1.0e-6] + [0.5] * 61, dtype=torch.bfloat16)

@@ -6,7 +6,14 @@ import logging
 import pytest
 import torch
 
-from auto_round_mllm.export.layouts import dequantize, pack_awq, pack_gptq, unpack_awq, unpack_gptq
+from auto_round_mllm.export.layouts import (
+    dequantize,
+    pack_awq,
+    pack_compressed_tensors,
+    pack_gptq,
+    unpack_awq,
+    unpack_gptq,
+)
 from auto_round_mllm.inference import triton_matmul
 from auto_round_mllm.inference.qlinear import PackedLayout, QuantLinear, set_backend
 from auto_round_mllm.quant.tunable import QuantizedWeight
@@ -131,6 +138,37 @@ def test_act_order_g_idx_stays_on_the_torch_path_and_is_honoured(interpreter):
     index = g_idx.long()
     expected_weight = scales.float()[:, index] * (codes.float() - zeros.float()[:, index])
     torch.testing.assert_close(layer.dequantized_weight(), expected_weight)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_a_compressed_tensors_layer_stays_on_the_torch_path_and_says_why(interpreter, sym):
+    """The kernel reads GPTQ and AWQ words; compressed-tensors' rows of a dense bitstream it
+    declines, naming the layout, and the torch path computes the layer."""
+    generator = torch.Generator().manual_seed(4)
+    qw = QuantizedWeight(
+        codes=torch.randint(0, 16, (40, 96), generator=generator).to(torch.uint8),
+        scale=(torch.rand(40, 3, generator=generator) * 0.05 + 0.01).to(torch.float16),
+        zp=torch.full((40, 3), 8, dtype=torch.int32)
+        if sym
+        else torch.randint(0, 16, (40, 3), generator=generator),
+        bits=4,
+        group_size=32,
+        sym=sym,
+        bias=torch.randn(40, generator=generator),
+    )
+    layout = PackedLayout(kind="compressed_tensors", bits=4, group_size=32, sym=sym)
+    layer = QuantLinear(96, 40, layout=layout, bias=True, backend="auto")
+    for name, value in pack_compressed_tensors(qw).items():
+        getattr(layer, name).copy_(value)
+    assert layer.kernel_unusable_reason(torch.zeros(1)) == (
+        "the kernel reads GPTQ 2/4/8-bit and AWQ 4-bit, not compressed_tensors 4-bit"
+    )
+    x = torch.randn(3, 96, generator=generator)
+    assert torch.equal(layer.dequantized_weight(), qw.dequantize())
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, qw.dequantize(), layer.bias.float()))
+    layer.backend = "triton"
+    with pytest.raises(RuntimeError, match="not compressed_tensors 4-bit"):
+        layer(x)
 
 
 def test_a_kernel_that_fails_falls_back_to_torch_once(interpreter, monkeypatch, caplog):

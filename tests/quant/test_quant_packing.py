@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from auto_round_mllm.quant.packing import chunk_shape, pack_cols, pack_rows, unpack_cols, unpack_rows
+from auto_round_mllm.quant.packing import (
+    chunk_shape,
+    pack_cols,
+    pack_dense,
+    pack_rows,
+    unpack_cols,
+    unpack_dense,
+    unpack_rows,
+)
 
 BITS = (2, 3, 4, 8)
 
@@ -150,3 +158,34 @@ def test_3bit_matches_gptq_reference_loop() -> None:
     codes = _random_codes(96, 5, 3, seed=3)
     expected = torch.from_numpy(_gptq_reference_pack_3bit(codes.numpy()))
     assert torch.equal(pack_rows(codes, 3), expected)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("cols", [1, 5, 31, 32, 33, 40, 72, 100])
+def test_dense_packing_takes_any_width(bits: int, cols: int) -> None:
+    """compressed-tensors' layout: ceil(cols * bits / 32) words per row, the tail padded with zeros."""
+    codes = _random_codes(6, cols, bits, seed=bits * 1000 + cols)
+    packed = pack_dense(codes, bits)
+    assert packed.dtype == torch.int32 and packed.shape == (6, -(-cols * bits // 32))
+    assert packed.stride() == (packed.shape[1], 1)  # row-major even with one word per row
+    assert torch.equal(unpack_dense(packed, bits, cols), codes)
+    values, _ = chunk_shape(bits)
+    if cols % values == 0:  # whole chunks: the GPTQ bitstream along dim 1, word for word
+        assert torch.equal(packed, pack_cols(codes, bits))
+    used = cols * bits % 32
+    if used:  # the last word's unused high bits are zero
+        assert ((packed[:, -1].long() & 0xFFFFFFFF) >> used == 0).all()
+
+
+def test_dense_3bit_layout_straddles_words() -> None:
+    """Value 10 of a row sits in bits 30-32 of the stream: two in word 0, one in word 1."""
+    codes = torch.zeros(1, 40, dtype=torch.int32)
+    codes[0, 10] = 7
+    assert pack_dense(codes, 3).tolist() == [[-(2**30), 1, 0, 0]]  # 0xC0000000, 0x1; 40 * 3 bits: 4 words
+    codes = torch.arange(8, dtype=torch.int32).reshape(1, 8)
+    assert pack_dense(codes, 4).tolist() == [[0x76543210]]  # value j in nibble j, LSB first
+
+
+def test_dense_unpack_checks_the_width() -> None:
+    with pytest.raises(ValueError, match="does not hold 40 3-bit values"):
+        unpack_dense(torch.zeros(2, 3, dtype=torch.int32), 3, 40)
