@@ -117,7 +117,7 @@ def check_mixed_bits(job: QuantJob) -> None:
         raise UserError(
             f"--schemes with --asym: --format {awq_packed[0]} packs asymmetric weights as AWQ, which holds "
             "4-bit layers only",
-            fix="use --format auto_gptq or llm_compressor (exact zero points at any width), or symmetric schemes",
+            fix="use --format llm_compressor or gptq_v2 (exact zero points at any width), or symmetric schemes",
         )
 
 

@@ -82,7 +82,7 @@ class Cell:
     family: str
     scheme: str
     format: str
-    status: str  # "pass", "fail" (loaded, wrong numbers), "rejected" (vLLM refused it), "skipped"
+    status: str  # "pass", "fail" (wrong numbers), "rejected" (vLLM refused it), "unsupported" (the family), "skipped"
     detail: str = ""
     quantization: str | None = None
     mean_abs_diff: float | None = None
@@ -325,29 +325,26 @@ def run(work: Path, python: Path) -> dict:
     vllm = run_vllm(python, jobs, work)
 
     cells: list[Cell] = []
-    baselines = {}
+    baselines, unusable = {}, {}
     for family, model in models.items():
-        ours = reference_scores(load_reference(model, quantized=False), model, prompts[family])
         source = vllm["checkpoints"][f"{family}|source"]
-        if source["status"] != "loaded":
-            raise SystemExit(f"vLLM cannot run the unquantized {family} model: {source['error']}")
+        if source["status"] != "loaded":  # the family itself does not run: every cell says so
+            unusable[family] = f"vLLM cannot run the unquantized {family} model here: {source['error']}"
+            continue
+        ours = reference_scores(load_reference(model, quantized=False), model, prompts[family])
         baselines[family], _, problem = compare(ours, source["prompts"])
         if problem:
-            raise SystemExit(f"{family}: {problem}")
+            unusable[family] = f"the unquantized {family} model: {problem}"
     for (family, scheme, fmt), folder in checkpoints.items():
+        if family in unusable:
+            cells.append(Cell(family, scheme, fmt, "unsupported", unusable[family]))
+            continue
         quantized = fmt != "fake"
         reference = checkpoints[CONTROL] if fmt == CONTROL_FORMAT else folder  # what it should read as
         ours = reference_scores(load_reference(reference, quantized), models[family], prompts[family])
         cell = Cell(family, scheme, fmt, "skipped")
-        cells.append(
-            judge(
-                cell,
-                ours,
-                vllm["checkpoints"][f"{family}|{scheme}|{fmt}"],
-                TOLERANCE * baselines[family],
-                quantized,
-            )
-        )
+        bar = TOLERANCE * baselines[family]
+        cells.append(judge(cell, ours, vllm["checkpoints"][f"{family}|{scheme}|{fmt}"], bar, quantized))
     for scheme in SCHEMES:
         for fmt in scheme.formats:
             if fmt not in formats:
@@ -393,9 +390,9 @@ def format_table(record: dict) -> str:
     emulated = record.get("emulated_ops") or []
     lines = [
         f"Measured by `python scripts/check_engines.py --write` with {record['engine']} (torch {record['torch']}) "
-        f"on {record['date']}, {record['cpu']}, in {record['dtype']}. A cell: loaded, then mean |logprob "
-        f"difference| from our loader over every prompt position (the bar: vLLM's own unquantized float16 run "
-        f"against transformers' fp32 model: "
+        f"on {record['date']}, {record['cpu']}, in {record['dtype']}, in {record['seconds']} s. A cell: loaded, "
+        f"then mean |logprob difference| from our loader over every prompt position (bar: {TOLERANCE}x vLLM's "
+        f"own unquantized float16 run against transformers' fp32 model: "
         + ", ".join(f"{f} {v}" for f, v in record["baselines"].items())
         + ") and top-1 agreement; or vLLM's error.",
         "",

@@ -39,9 +39,21 @@ def engines_by_format(record: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
+PACKINGS_OF_AUTO_ROUND = {"auto_round:auto_gptq": False, "auto_round:auto_awq": True}
+"""The explicit packings write the bytes ``auto_round`` writes for symmetric (GPTQ) and asymmetric
+4-bit (AWQ) schemes: the check measures them through ``auto_round``."""
+
+
 def engine_note(fmt: str) -> str:
     """One line for ``list formats``: what the recorded check found for ``fmt``."""
     found = engines_by_format(measured()).get(fmt)
+    if fmt in PACKINGS_OF_AUTO_ROUND:
+        asym = PACKINGS_OF_AUTO_ROUND[fmt]
+        found = [
+            entry
+            for entry in engines_by_format(measured()).get("auto_round", [])
+            if entry.endswith(" asym") == asym and " W4" in entry
+        ]
     if not found:
         return "no engine check recorded"
     loaded = [entry.split(": ", 1)[1] for entry in found if ": " in entry]
@@ -51,5 +63,5 @@ def engine_note(fmt: str) -> str:
     if loaded:
         parts.append(f"{engine} loads {', '.join(loaded)}")
     if rejected:
-        parts.append(f"rejects {', '.join(rejected)}")
+        parts.append(f"{'' if loaded else engine + ' '}rejects {', '.join(rejected)}")
     return "; ".join(parts) + f" (measured {measured().get('date', '?')})"
