@@ -372,7 +372,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag(
         "format", str, "auto_round",
         "Export format(s), comma separated (one sub-folder each): auto_round (default), "
-        "auto_round:auto_gptq, auto_round:auto_awq, auto_gptq, auto_awq, fake.",
+        "auto_round:auto_gptq, auto_round:auto_awq, auto_gptq (symmetric), gptq_v2, auto_awq, llm_compressor, "
+        "fake (auto-round-mllm list formats shows what vLLM was measured to load).",
         aliases=("formats",), target="export.formats", convert=split_list,
         doc="Export format(s), comma separated (see [Formats](#formats))",
     ),
