@@ -28,7 +28,8 @@ STORES = {
     "auto_round": set(SCHEMES),
     "auto_round:auto_gptq": {"w2g64", "w3g128", "w4g128"},
     "auto_round:auto_awq": {"w4g128", "w4g128-asym"},
-    "auto_gptq": set(SCHEMES),
+    "auto_gptq": {"w2g64", "w3g128", "w4g128"},  # symmetric only: vLLM loads no gptq_v2
+    "gptq_v2": set(SCHEMES),
     "auto_awq": {"w4g128", "w4g128-asym"},
     "llm_compressor": set(SCHEMES),
     "fake": set(SCHEMES),
@@ -38,6 +39,7 @@ PACKED_LOADER = {
     "auto_round:auto_gptq",
     "auto_round:auto_awq",
     "auto_gptq",
+    "gptq_v2",
     "auto_awq",
     "llm_compressor",
 }
@@ -107,9 +109,11 @@ def check_contract(fmt, quant, tensors, scheme):
             "auto_round:auto_awq": "auto_round:auto_awq",
         }[fmt]
         assert quant["quant_method"] == "auto-round" and quant["packing_format"] == expected
-    elif fmt == "auto_gptq":
+    elif fmt in ("auto_gptq", "gptq_v2"):
         assert quant["quant_method"] == "gptq" and quant["desc_act"] is False and quant["lm_head"] is False
-        assert quant["checkpoint_format"] == ("gptq" if scheme.sym else "gptq_v2")
+        assert quant["checkpoint_format"] == ("gptq" if fmt == "auto_gptq" else "gptq_v2")
+        skipped = [rule for rule in quant["dynamic"] if rule.startswith("-:")]  # vLLM's skip rules
+        assert any("visual" in rule or "vision_tower" in rule for rule in skipped)
         assert (quant["bits"], quant["group_size"], quant["sym"]) == (
             scheme.bits,
             scheme.group_size,

@@ -129,6 +129,15 @@ def test_compare_averages_every_position_and_catches_other_tokens():
     assert "tokens differ" in problem
 
 
+def test_top1_leaves_out_our_near_ties_only():
+    ours = scored([-1, -2, -3], [5, 6, 7])
+    ours[0]["gap"] = [0.5, 0.001, 0.5]  # position 1: our two best tokens nearly tie
+    _, top1, _ = check_engines.compare(ours, scored([-1, -2, -3], [5, 9, 7]))
+    assert top1 == 1.0 and check_engines.ties(ours) == 1
+    _, top1, _ = check_engines.compare(ours, scored([-1, -2, -3], [9, 6, 7]))
+    assert top1 == pytest.approx(1 / 2)  # a decided position that differs still counts
+
+
 @pytest.mark.parametrize(
     ("vllm", "quantized", "status", "detail"),
     [
