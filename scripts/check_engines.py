@@ -49,12 +49,13 @@ TEXT_PROMPTS = (
 )
 IMAGE_QUESTION = "Describe the colours of this picture."
 TOP1_FLOOR = 0.97
-TOLERANCE = 1.25
+TOLERANCE = 1.5
 """A checkpoint may differ from our loader by at most this multiple of vLLM's own unquantized
 float16 error. That error is a property of the weights as much as of the engine: the fake-quant
-checkpoint (plain float16 weights, no packing at all) measures 1.06-1.12x the source model's here,
-so a bar of exactly 1x would fail checkpoints vLLM reads perfectly. A packing or naming slip costs
-orders of magnitude more (the control cell below: a zero point off by one)."""
+checkpoint (plain 16-bit weights, no packing at all) measures up to 1.16x the source model's here,
+and the packed checkpoints of other tunings of the same model 0.8-1.15x, so a bar of exactly 1x
+would fail checkpoints vLLM reads perfectly. A packing or naming slip costs hundreds of times more
+(the control cell below: a zero point off by one)."""
 TIE_GAP = 0.02
 """Top-1 agreement leaves out positions where our reference's two best tokens are closer than this
 (nats): tiny random models have near-ties (gaps of 0.004-0.008 were seen), where a float16 engine
@@ -143,10 +144,12 @@ def quantize_all(models: dict[str, Path], work: Path, formats: set[str]) -> dict
                 "bits": scheme.bits,
                 "group_size": scheme.group_size,
                 "sym": scheme.sym,
-                "iters": 5,  # below 10 the quantizer is not compiled: seconds, not a minute
-                "nsamples": 8,
-                "seqlen": 64,
-                "batch_size": 4,
+                # a few SignRound steps move the weights off round-to-nearest (below 10 iters the
+                # quantizer is not compiled: seconds, not a minute); the W8 rows only probe vLLM
+                "iters": 2 if scheme.bits == 4 else 0,
+                "nsamples": 4,
+                "seqlen": 32,
+                "batch_size": 2,
                 "format": ",".join(wanted),
                 "output_dir": str(out),
                 "force": True,
@@ -434,7 +437,8 @@ def format_table(record: dict) -> str:
 def describe(cell: dict) -> str:
     if cell["status"] == "pass":
         method = f"as `{cell['quantization']}`" if cell["quantization"] else "unquantized"
-        tied = f" ({cell['ties']} near-ties left out)" if cell.get("ties") else ""
+        ties = cell.get("ties") or 0
+        tied = f" ({ties} near-tie{'s' if ties > 1 else ''} left out)" if ties else ""
         return f"loads {method}: {cell['mean_abs_diff']:.4f}, top-1 {cell['top1']:.0%}{tied}"
     if cell["status"] == "rejected":
         return f"rejected: {cell['detail'][:120].replace('|', '/')}"
