@@ -52,7 +52,7 @@ TOP1_FLOOR = 0.97
 TOLERANCE = 1.5
 """A checkpoint may differ from our loader by at most this multiple of vLLM's own unquantized
 float16 error. That error is a property of the weights as much as of the engine: the fake-quant
-checkpoint (plain 16-bit weights, no packing at all) measures up to 1.16x the source model's here,
+checkpoint (plain 16-bit weights, no packing at all) measures up to 1.15x the source model's here,
 and the packed checkpoints of other tunings of the same model 0.8-1.15x, so a bar of exactly 1x
 would fail checkpoints vLLM reads perfectly. A packing or naming slip costs hundreds of times more
 (the control cell below: a zero point off by one)."""
